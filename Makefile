@@ -1,0 +1,45 @@
+# smollm: `make demo` runs the embedded-default pipeline, `make test` runs every test.
+# Both install first (into .venv) when needed.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Prefect's telemetry heartbeat locks the test harness's SQLite; the network is closed anyway.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MLFLOW_ENABLE_TELEMETRY := false
+
+.PHONY: install demo test lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip check
+	touch $@
+
+demo: install
+	$(BIN)/smollm run pipeline=demo
+
+lint: install
+	$(BIN)/ruff check smollm tasks flows tests bench
+	$(BIN)/ruff format --check smollm tasks flows tests bench
+	$(BIN)/mypy smollm
+
+format: install
+	$(BIN)/ruff check --fix smollm tasks flows tests bench
+	$(BIN)/ruff format smollm tasks flows tests bench
+
+test: install lint
+	$(PY) -m pytest -m "not gpu" -q
+
+bench: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf work .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,68 @@
+"""The `smollm` command.
+
+    smollm run pipeline=demo train.seed=3     run a pipeline end to end (Prefect, ephemeral mode)
+    smollm config model=smollm2_1.7b          compose + validate, print the resolved config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from flows.compose import compose, generated_dir
+from smollm.config import ConfigError
+from smollm.schema import to_dict
+
+
+def report(result: dict[str, Any]) -> str:
+    """What a user reads after a run: per-stage numbers and where everything is."""
+    lines = [f"pipeline {result['pipeline']} finished", ""]
+    lines.append(f"{'stage':<10}{'trained':>9}{'tokens':>11}{'loss first->last':>20}  categories")
+    for stage in result["stages"]:
+        s = stage["summary"]
+        cats = {k.split("/")[-1]: round(v, 3) for k, v in stage["evals"].items() if k.startswith("eval/category/")}
+        loss = f"{s['first_loss']:.3f}->{s['last_loss']:.3f}"
+        lines.append(f"{stage['stage']:<10}{str(stage['trained']):>9}{stage['tokens_seen']:>11}{loss:>20}  {cats}")
+    uri = result["tracking_uri"]
+    lines += [
+        "",
+        f"work dir:          {result['workdir']}",
+        f"generated mixtures: {generated_dir(result['workdir']) / 'mixture'}",
+        f"MLflow store:      {uri}  (pipeline run {result['pipeline_run_id']})",
+        f"open the MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000",
+        "open the Prefect UI: .venv/bin/prefect server start   (then http://127.0.0.1:4200)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smollm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run a pipeline end to end"), ("config", "print the resolved config")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. pipeline=demo train.seed=3")
+    args = parser.parse_args(argv)
+    try:
+        cfg = compose(args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # Hydra's own override/composition errors
+        if type(err).__module__.startswith(("hydra", "omegaconf")):
+            print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+            return 2
+        raise
+    if args.command == "config":
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    from flows.pipeline import pipeline_flow
+
+    print(report(pipeline_flow(overrides=args.overrides)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The pipeline flow: run a pipeline's stages in order, each rebalanced from the one before.
+
+    python -m flows.pipeline pipeline=demo train.seed=3      # or: smollm run pipeline=demo
+
+Stage k+1 composes the mixture file that stage k's rebalance wrote, trains from stage k's
+checkpoint, and so on. Completed steps are skipped, so a re-run only re-reads and re-logs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.compose import compose
+from flows.stage import stage_flow
+from smollm.runs import start_config_run
+from smollm.tracking import make_tracker, tracking_uri
+
+
+@flow(name="smollm-pipeline", log_prints=True)
+def pipeline_flow(overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage of the composed pipeline; returns each stage flow's result."""
+    overrides = list(overrides or [])
+    cfg = compose(overrides)  # validates everything before any compute
+    tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
+    run_id = start_config_run(tracker, cfg, f"pipeline/{cfg.pipeline.name}", "pipeline",
+                              parent_run_id=None, flow_run_id=flow_run.id)
+    stages: list[dict[str, Any]] = []
+    try:
+        previous = None
+        for index, stage in enumerate(cfg.pipeline.stages):
+            print(f"stage {index + 1}/{len(cfg.pipeline.stages)}: {stage.name}")
+            previous = stage_flow(overrides=overrides, stage_index=index, previous=previous,
+                                  pipeline_run_id=run_id)
+            stages.append(previous)
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id)
+    return {
+        "pipeline": cfg.pipeline.name,
+        "pipeline_run_id": run_id,
+        "workdir": cfg.workdir,
+        "tracking_uri": tracking_uri(cfg.tracking, Path(cfg.workdir)),
+        "stages": stages,
+    }
+
+
+if __name__ == "__main__":
+    pipeline_flow(overrides=sys.argv[1:])

@@ -1,0 +1,124 @@
+"""The stage flow: build data -> train (from the previous stage) -> evaluate -> rebalance.
+
+Run one stage on its own (its mixture must exist: the first stage, or a generated one):
+
+    python -m flows.stage --stage-index 0 pipeline=demo
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+
+from flows.compose import CONF_DIR, compose, compose_stage, generated_dir
+from smollm.config import RunConfig
+from smollm.runs import start_config_run
+from smollm.steps import StepResult
+from smollm.tracking import make_tracker
+from tasks.data import build_source, build_tokenizer
+from tasks.evaluate import evaluate
+from tasks.rebalance import rebalance
+from tasks.train import train_stage
+
+
+def generated_mixture_name(cfg: RunConfig, stage_index: int, upstream_identity: str) -> str:
+    """Name of the mixture the rebalance after `stage_index` writes for the next stage."""
+    next_stage = cfg.pipeline.stages[stage_index + 1]
+    return f"{cfg.pipeline.name}-{next_stage.name}-{upstream_identity[:8]}"
+
+
+def stage_mixture(overrides: list[str], stage_index: int, previous: dict[str, Any] | None) -> str:
+    cfg = compose(overrides)
+    declared = cfg.pipeline.stages[stage_index].mixture
+    if declared is not None:
+        return declared
+    if previous is None or not previous.get("next_mixture"):
+        raise ValueError(
+            f"pipeline.stages[{stage_index}].mixture: is null (use the previous stage's rebalance), "
+            "but no previous stage result was given"
+        )
+    return previous["next_mixture"]
+
+
+def build_data(cfg: RunConfig) -> tuple[StepResult, dict[str, StepResult]]:
+    tokenizer = build_tokenizer(cfg)
+    futures = {name: build_source.submit(cfg, name, tokenizer) for name in sorted(cfg.data.sources)}
+    return tokenizer, {name: future.result() for name, future in futures.items()}
+
+
+def publish(cfg: RunConfig, stage_index: int, evals: dict[str, float], diff: str | None) -> None:
+    stage = cfg.pipeline.stages[stage_index]
+    rows = [{"category": k.split("/", 2)[-1], "score": round(v, 4)}
+            for k, v in sorted(evals.items()) if k.startswith("eval/category/")]
+    create_table_artifact(key=f"{cfg.pipeline.name}-{stage.name}-evals".lower(), table=rows,
+                          description=f"Evaluations per category after {stage.name}")
+    if diff is not None:
+        create_markdown_artifact(key=f"{cfg.pipeline.name}-{stage.name}-mixture-diff".lower(),
+                                 markdown=f"### Next mixture after {stage.name}\n\n```\n{diff}\n```",
+                                 description="Rebalanced mixture vs. the current one")
+
+
+@flow(name="smollm-stage", log_prints=True)
+def stage_flow(
+    overrides: list[str] | None = None,
+    stage_index: int = 0,
+    previous: dict[str, Any] | None = None,
+    pipeline_run_id: str | None = None,
+) -> dict[str, Any]:
+    """One stage of a pipeline; `previous` is the previous stage flow's return value."""
+    overrides = list(overrides or [])
+    cfg = compose_stage(overrides, stage_index, stage_mixture(overrides, stage_index, previous))
+    stage = cfg.pipeline.stages[stage_index]
+    tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
+    stage_run_id = start_config_run(tracker, cfg, f"stage/{stage.name}", "stage",
+                                    parent_run_id=pipeline_run_id, flow_run_id=flow_run.id)
+    try:
+        tokenizer, sources = build_data(cfg)
+        prev_ckpt = StepResult(Path(previous["checkpoint"]), previous["identity"], False) if previous else None
+        outcome = train_stage(cfg, stage_index, sources, tokenizer, prev_ckpt, stage_run_id)
+        tokens = outcome.summary["tokens_seen"]
+        evals = evaluate(cfg, outcome.step, sources, stage_run_id, tokens)
+        next_mixture, diff = None, None
+        if stage_index + 1 < len(cfg.pipeline.stages) and cfg.pipeline.stages[stage_index + 1].mixture is None:
+            next_mixture = generated_mixture_name(cfg, stage_index, outcome.step.identity)
+            _, proposal = rebalance(
+                cfg, stage_index, outcome.summary, sources, stage_run_id=stage_run_id,
+                pipeline_run_id=pipeline_run_id, mixture_name=next_mixture,
+                generated_dir=generated_dir(cfg.workdir), conf_dir=CONF_DIR,
+            )
+            diff = proposal.diff_text()
+            print("\n".join(proposal.explanation))
+        publish(cfg, stage_index, evals, diff)
+    except BaseException:
+        tracker.end_run(stage_run_id, "FAILED")
+        raise
+    tracker.end_run(stage_run_id)
+    return {
+        "stage": stage.name,
+        "checkpoint": str(outcome.step.output),
+        "identity": outcome.step.identity,
+        "trained": outcome.step.computed,
+        "tokens_seen": tokens,
+        "summary": outcome.summary,
+        "evals": evals,
+        "mixture": cfg.mixture.name,
+        "next_mixture": next_mixture,
+        "stage_run_id": stage_run_id,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage-index", type=int, default=0)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    stage_flow(overrides=args.overrides, stage_index=args.stage_index)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""Config schemas: the typed form of the composed Hydra config (`conf/`).
+
+Every dataclass validates itself in `__post_init__` and raises `ValueError("<field>: ...")`;
+`schema.from_dict` prefixes the dotted path, so a bad value fails before any compute with one
+line such as `train.optimizer.lr: must be > 0, got -1.0`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from smollm.schema import ConfigError, check, from_dict
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """A `LlamaForCausalLM` shape."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    max_seq_len: int
+    """`max_position_embeddings`: the longest sequence the model is trained on."""
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    rms_norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+            check(getattr(self, name) > 0, name, "must be > 0", getattr(self, name))
+        check(self.vocab_size > 0, "vocab_size", "must be > 0", self.vocab_size)
+        check(self.max_seq_len > 0, "max_seq_len", "must be > 0", self.max_seq_len)
+        check(
+            self.hidden_size % self.num_heads == 0,
+            "num_heads",
+            f"must divide hidden_size={self.hidden_size}",
+            self.num_heads,
+        )
+        check(
+            self.num_heads % self.num_kv_heads == 0,
+            "num_kv_heads",
+            f"must divide num_heads={self.num_heads}",
+            self.num_kv_heads,
+        )
+        check(self.rope_theta > 0, "rope_theta", "must be > 0", self.rope_theta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerConfig:
+    """Either a BPE trained offline on the sources, or a pretrained one (hub id or local dir)."""
+
+    name: str
+    kind: Literal["train_bpe", "pretrained"]
+    vocab_size: int
+    path: str | None = None
+    """Hub id or local directory, for `kind: pretrained`."""
+    train_bytes_per_source: int = 2_000_000
+    """How much text of each source the BPE trainer reads."""
+    eos_token: str = "<|endoftext|>"
+
+    def __post_init__(self) -> None:
+        check(self.vocab_size >= 256, "vocab_size", "must be >= 256", self.vocab_size)
+        if self.kind == "pretrained":
+            check(bool(self.path), "path", "is required for kind 'pretrained'", self.path)
+        check(
+            self.train_bytes_per_source > 0,
+            "train_bytes_per_source",
+            "must be > 0",
+            self.train_bytes_per_source,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """A data source: where its documents come from and the constraints on its use."""
+
+    name: str
+    loader: Literal["builtin", "hf"]
+    """`builtin`: a generator that exists on any Python machine; `hf`: a `datasets` dataset."""
+    builtin: Literal["stdlib_prose", "stdlib_code", "synthetic_math"] | None = None
+    path: str | None = None
+    """For `hf`: a hub id, a local `save_to_disk` directory, or a packaged builder (parquet, json)."""
+    subset: str | None = None
+    data_files: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    streaming: bool = True
+    category: str = "knowledge"
+    """The evaluation category this source mainly serves (knowledge, math, code)."""
+    num_docs: int | None = None
+    """Cap on documents read (None: all)."""
+    min_chars: int = 1
+    heldout_docs: int = 200
+    """Documents held out for evaluation, never trained on."""
+    seed: int = 0
+    available_tokens: int | None = None
+    """Declared token count (hub sources); measured after the build for local ones."""
+    max_epochs: float = 4.0
+    min_weight: float = 0.0
+    max_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.loader == "builtin":
+            check(self.builtin is not None, "builtin", "is required for loader 'builtin'", None)
+        else:
+            check(bool(self.path), "path", "is required for loader 'hf'", self.path)
+        if self.num_docs is not None:
+            check(self.num_docs > 0, "num_docs", "must be > 0", self.num_docs)
+        check(self.heldout_docs >= 0, "heldout_docs", "must be >= 0", self.heldout_docs)
+        check(self.max_epochs > 0, "max_epochs", "must be > 0", self.max_epochs)
+        check(0 <= self.min_weight <= 1, "min_weight", "must be in [0, 1]", self.min_weight)
+        check(
+            self.min_weight <= self.max_weight <= 1,
+            "max_weight",
+            f"must be in [min_weight={self.min_weight}, 1]",
+            self.max_weight,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Every source a pipeline may draw from; each is tokenized once per tokenizer."""
+
+    sources: dict[str, SourceConfig]
+    shard_tokens: int = 1 << 24
+    """Tokens per shard file."""
+
+    def __post_init__(self) -> None:
+        check(len(self.sources) > 0, "sources", "must declare at least one source", self.sources)
+        for key, source in self.sources.items():
+            check(key == source.name, f"sources.{key}.name", f"must equal its key {key!r}", source.name)
+        check(self.shard_tokens > 0, "shard_tokens", "must be > 0", self.shard_tokens)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixtureConfig:
+    """Sampling weights per source for one stage; they sum to 1."""
+
+    name: str
+    weights: dict[str, float]
+
+    def __post_init__(self) -> None:
+        check(len(self.weights) > 0, "weights", "must name at least one source", self.weights)
+        for source, weight in self.weights.items():
+            check(0 <= weight <= 1, f"weights.{source}", "must be in [0, 1]", weight)
+        total = sum(self.weights.values())
+        check(math.isclose(total, 1.0, abs_tol=1e-6), "weights", "must sum to 1", round(total, 6))
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+    """AdamW, as in SmolLM2: betas (0.9, 0.95), weight decay 0.01, clip 1.0."""
+
+    lr: float
+    """Peak learning rate (the WSD plateau)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", "must be > 0", self.lr)
+        check(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)", list(self.betas))
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
+        check(self.grad_clip > 0, "grad_clip", "must be > 0", self.grad_clip)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    """Warmup-stable-decay. The decay lives in the stages (`StageConfig.decay_fraction`)."""
+
+    warmup_steps: int
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0", self.warmup_steps)
+        check(self.min_lr >= 0, "min_lr", "must be >= 0", self.min_lr)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Batch shape, optimisation and bookkeeping for every stage of a pipeline."""
+
+    seed: int = 0
+    seq_len: int
+    micro_batch_size: int
+    grad_accum_steps: int = 1
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig
+    checkpoint_every_steps: int = 0
+    """Intermediate checkpoints for resume (0: only the final one)."""
+    log_every_steps: int = 10
+    num_threads: int = 0
+    """torch intra-op threads (0: torch's default)."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.seq_len > 0, "seq_len", "must be > 0", self.seq_len)
+        check(self.micro_batch_size > 0, "micro_batch_size", "must be > 0", self.micro_batch_size)
+        check(self.grad_accum_steps > 0, "grad_accum_steps", "must be > 0", self.grad_accum_steps)
+        check(self.log_every_steps > 0, "log_every_steps", "must be > 0", self.log_every_steps)
+        check(
+            self.checkpoint_every_steps >= 0,
+            "checkpoint_every_steps",
+            "must be >= 0",
+            self.checkpoint_every_steps,
+        )
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.micro_batch_size * self.grad_accum_steps
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig:
+    """One stage: a token budget, its mixture, and how much of it decays the LR."""
+
+    name: str
+    train_tokens: int
+    mixture: str | None = None
+    """A mixture config name; None: the mixture the previous stage's rebalance wrote."""
+    decay_fraction: float = 0.0
+    """Fraction of this stage's steps over which the LR decays linearly to `min_lr`."""
+
+    def __post_init__(self) -> None:
+        check(self.train_tokens > 0, "train_tokens", "must be > 0", self.train_tokens)
+        check(0 <= self.decay_fraction <= 1, "decay_fraction", "must be in [0, 1]", self.decay_fraction)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """Ordered stages; each later stage trains from the previous stage's checkpoint."""
+
+    name: str
+    stages: list[StageConfig]
+
+    def __post_init__(self) -> None:
+        check(len(self.stages) > 0, "stages", "must list at least one stage", self.stages)
+        check(self.stages[0].mixture is not None, "stages[0].mixture", "must name a mixture", None)
+        names = [s.name for s in self.stages]
+        check(len(set(names)) == len(names), "stages", "names must be unique", names)
+
+    def stage(self, name: str) -> StageConfig:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise ConfigError(f"stage: {name!r} is not one of {[s.name for s in self.stages]}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    """MLflow: a tracking URI (None: SQLite in the work dir) and the experiment name."""
+
+    uri: str | None = None
+    experiment: str = "smollm"
+    enabled: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuleConfig:
+    """When `metric` is below/above a threshold, move some sources' weights by `by`."""
+
+    name: str
+    metric: str
+    """An MLflow metric of the stage run without the `eval/` prefix, e.g. `category/math`."""
+    below: float | None = None
+    above: float | None = None
+    raise_sources: list[str] = field(default_factory=list)
+    lower_sources: list[str] = field(default_factory=list)
+    by: float = 0.05
+    """Absolute weight change, shared equally among the listed sources."""
+
+    def __post_init__(self) -> None:
+        check(
+            (self.below is None) != (self.above is None),
+            "below",
+            "exactly one of below/above must be set",
+            (self.below, self.above),
+        )
+        check(
+            bool(self.raise_sources or self.lower_sources),
+            "raise_sources",
+            "a rule must raise or lower some source",
+            self.raise_sources,
+        )
+        check(0 < self.by <= 1, "by", "must be in (0, 1]", self.by)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RebalanceConfig:
+    """The policy that writes the next stage's mixture from this stage's evaluations."""
+
+    policy: Literal["rules", "keep"] = "rules"
+    rules: list[RuleConfig] = field(default_factory=list)
+    max_change: float = 0.2
+    """The largest change of any one weight between two stages."""
+
+    def __post_init__(self) -> None:
+        check(0 < self.max_change <= 1, "max_change", "must be in (0, 1]", self.max_change)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """The whole composed config of one pipeline (or one stage of it)."""
+
+    workdir: str
+    pipeline: PipelineConfig
+    model: ModelConfig
+    tokenizer: TokenizerConfig
+    data: DataConfig
+    mixture: MixtureConfig
+    train: TrainConfig
+    eval: dict[str, Any]
+    """The evaluation suite; typed by `smollm.evaluation.EvalSuite` (checked in `validate`)."""
+    tracking: TrackingConfig
+    rebalance: RebalanceConfig
+
+    def __post_init__(self) -> None:
+        check(
+            self.model.vocab_size == self.tokenizer.vocab_size,
+            "model.vocab_size",
+            f"must equal tokenizer.vocab_size={self.tokenizer.vocab_size}",
+            self.model.vocab_size,
+        )
+        check(
+            self.train.seq_len <= self.model.max_seq_len,
+            "train.seq_len",
+            f"must be <= model.max_seq_len={self.model.max_seq_len}",
+            self.train.seq_len,
+        )
+        for source in self.mixture.weights:
+            check(
+                source in self.data.sources,
+                f"mixture.weights.{source}",
+                f"is not a declared source {sorted(self.data.sources)}",
+                source,
+            )
+        for stage in self.pipeline.stages:
+            check(
+                stage.train_tokens >= self.train.tokens_per_step,
+                f"pipeline.stages.{stage.name}.train_tokens",
+                f"must be >= tokens per step {self.train.tokens_per_step}",
+                stage.train_tokens,
+            )
+        for rule in self.rebalance.rules:
+            for source in (*rule.raise_sources, *rule.lower_sources):
+                check(
+                    source in self.data.sources,
+                    f"rebalance.rules.{rule.name}",
+                    f"names an undeclared source (declared: {sorted(self.data.sources)})",
+                    source,
+                )
+
+    @property
+    def eval_suite(self) -> Any:
+        from smollm.evaluation import EvalSuite
+
+        try:
+            return EvalSuite.from_dict(self.eval)
+        except ValueError as err:
+            raise ConfigError(f"eval.{err}") from None
+
+
+def load_run_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a plain dict (e.g. `OmegaConf.to_container(cfg, resolve=True)`)."""
+    config = from_dict(RunConfig, data)
+    config.eval_suite  # noqa: B018 - validates the eval suite before any compute
+    return config

@@ -1,0 +1,1 @@
+"""Data: sources, tokenizer, token shards and the mixture sampler."""

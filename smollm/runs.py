@@ -1,0 +1,140 @@
+"""Steps with their MLflow record: each function is what one Prefect task calls.
+
+A cached step still gets a complete record in the current pipeline's runs (its losses and
+evaluations are replayed from the step output, tagged `smollm.cached=true`), so every pipeline
+run in MLflow is whole and rebalancing can read the stage's evaluations back from MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from smollm.config import RunConfig, StageConfig
+from smollm.rebalance import Proposal, propose, write_mixture
+from smollm.schema import to_dict
+from smollm.stage import TrainOutcome, evaluate, train
+from smollm.steps import StepResult, git_commit
+from smollm.tracking import Tracker
+
+EVAL_PREFIX = "eval/"
+
+
+def base_tags(kind: str, flow_run_id: str | None) -> dict[str, str]:
+    tags = {"smollm.kind": kind, "mlflow.source.git.commit": git_commit()}
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = flow_run_id
+    return tags
+
+
+def start_config_run(
+    tracker: Tracker, cfg: RunConfig, name: str, kind: str, *, parent_run_id: str | None, flow_run_id: str | None
+) -> str:
+    """An MLflow run with the resolved config as an artifact and as flattened params."""
+    run_id = tracker.start_run(name, parent_run_id=parent_run_id, tags=base_tags(kind, flow_run_id))
+    config = to_dict(cfg)
+    tracker.log_dict(run_id, config, "config.json")
+    tracker.log_params(run_id, {k: v for k, v in config.items() if k != "eval"})
+    return run_id
+
+
+def tracked_train(
+    cfg: RunConfig, stage: StageConfig, sources: dict[str, StepResult], tokenizer: StepResult,
+    previous: StepResult | None, tracker: Tracker, *, stage_run_id: str, flow_run_id: str | None,
+) -> TrainOutcome:
+    """Train the stage inside a child MLflow run of the stage run."""
+    run_id = start_config_run(tracker, cfg, f"train/{stage.name}", "train",
+                              parent_run_id=stage_run_id, flow_run_id=flow_run_id)
+    try:
+        outcome = train(cfg, stage, sources, tokenizer, previous, tracker, run_id)
+        if not outcome.step.computed:
+            replay_losses(tracker, run_id, outcome.step.output / "losses.jsonl", outcome.summary["start_step"])
+        summary = outcome.summary
+        tracker.log_metrics(run_id, {
+            "summary/first_loss": summary["first_loss"], "summary/last_loss": summary["last_loss"],
+            "summary/tokens_per_second": summary["tokens_per_second"],
+            "summary/skipped_steps": summary["skipped_steps"],
+            **{f"epochs/{k}": v for k, v in summary["epochs_per_source"].items()},
+        }, step=summary["tokens_seen"])
+        tracker.log_dict(run_id, summary, "summary.json")
+        tracker.set_tags(run_id, {"smollm.identity": outcome.step.identity,
+                                  "smollm.cached": str(not outcome.step.computed).lower(),
+                                  "smollm.checkpoint": str(outcome.step.output)})
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id)
+    return outcome
+
+
+def replay_losses(tracker: Tracker, run_id: str, losses: Path, start_step: int) -> None:
+    for line in losses.read_text().splitlines():
+        record = json.loads(line)
+        if record["step"] > start_step:
+            metrics = {f"train/{k}": record[k] for k in ("loss", "lr", "grad_norm")}
+            tracker.log_metrics(run_id, metrics, step=int(record["tokens"]))
+
+
+def tracked_evaluate(
+    cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult], tracker: Tracker,
+    *, stage_run_id: str, tokens_seen: int,
+) -> dict[str, float]:
+    """Evaluate and log `eval/<task>/<metric>` and `eval/category/<name>` on the stage run."""
+    step, result = evaluate(cfg, checkpoint, sources)
+    metrics = {f"{EVAL_PREFIX}{k}": v for k, v in result.metrics.items()}
+    metrics.update({f"{EVAL_PREFIX}category/{k}": v for k, v in result.categories.items()})
+    tracker.log_metrics(stage_run_id, metrics, step=tokens_seen)
+    tracker.log_artifact(stage_run_id, step.output / "results.json", "eval")
+    tracker.set_tags(stage_run_id, {"smollm.eval_identity": step.identity,
+                                    "smollm.eval_cached": str(not step.computed).lower()})
+    tracker.flush()
+    return metrics
+
+
+def stage_evals(tracker: Tracker, stage_run_id: str) -> dict[str, float]:
+    """The stage's evaluation metrics, read back from the tracking store (prefix removed)."""
+    metrics = tracker.latest_metrics(stage_run_id)
+    return {k[len(EVAL_PREFIX):]: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
+
+
+def available_tokens(cfg: RunConfig, sources: Mapping[str, StepResult]) -> dict[str, int]:
+    """Declared available tokens, else the built count (the held-out slice excluded)."""
+    out = {}
+    for name, result in sources.items():
+        declared = cfg.data.sources[name].available_tokens
+        out[name] = declared or json.loads((result.output / "manifest.json").read_text())["num_tokens"]
+    return out
+
+
+def tracked_rebalance(
+    cfg: RunConfig, stage_index: int, summary: Mapping[str, Any], sources: Mapping[str, StepResult],
+    tracker: Tracker, *, stage_run_id: str, pipeline_run_id: str | None, mixture_name: str,
+    generated_dir: Path, conf_dir: Path,
+) -> tuple[Path, Proposal]:
+    """Propose the next stage's mixture from the stage's evaluations in MLflow; write it."""
+    stage, next_stage = cfg.pipeline.stages[stage_index], cfg.pipeline.stages[stage_index + 1]
+    evals = stage_evals(tracker, stage_run_id)
+    proposal = propose(
+        cfg.rebalance, evals, cfg.mixture.weights, cfg.data.sources,
+        consumed_tokens=summary["tokens_per_source"], available_tokens=available_tokens(cfg, sources),
+        next_stage_tokens=next_stage.train_tokens,
+    )
+    provenance = {
+        "policy": cfg.rebalance.policy,
+        "pipeline": cfg.pipeline.name,
+        "from_stage": stage.name,
+        "for_stage": next_stage.name,
+        "previous_mixture": cfg.mixture.name,
+        "inputs": {k: round(v, 6) for k, v in sorted(evals.items()) if k.startswith("category/")},
+        "mlflow_runs": {"pipeline": pipeline_run_id, "stage": stage_run_id},
+        "tracking_uri": getattr(tracker, "uri", None),
+        "git_commit": git_commit(),
+    }
+    path = write_mixture(proposal, name=mixture_name, generated_dir=generated_dir,
+                         hand_written_dir=conf_dir, provenance=provenance)
+    tracker.log_artifact(stage_run_id, path, "rebalance")
+    tracker.log_dict(stage_run_id, {"explanation": proposal.explanation, "diff": proposal.diff()},
+                     "rebalance/proposal.json")
+    return path, proposal

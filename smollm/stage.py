@@ -1,0 +1,132 @@
+"""The steps of a stage as plain functions: build tokenizer, build sources, train, evaluate.
+
+Each function declares its `Step` (config slice + upstream identities + code) and runs it through
+`steps.run_step`, so a complete output is reused across processes and flow runs. Prefect tasks
+(`tasks/`) wrap these one to one; benchmarks and tests call them directly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smollm.config import RunConfig, SourceConfig, StageConfig
+from smollm.data.sources import environment_fingerprint
+from smollm.schema import to_dict
+from smollm.steps import Step, StepResult, run_step
+from smollm.tracking import Tracker
+
+# Source fields that change the tokens; constraints (epochs, weights) are applied later.
+SOURCE_CONTENT_FIELDS = (
+    "loader", "builtin", "path", "subset", "data_files", "split", "text_field",
+    "num_docs", "min_chars", "heldout_docs", "seed",
+)
+# Train fields that do not change the result.
+TRAIN_BOOKKEEPING_FIELDS = ("progress", "log_every_steps", "num_threads", "checkpoint_every_steps")
+
+
+def workdir(cfg: RunConfig) -> Path:
+    return Path(cfg.workdir).resolve()
+
+
+def source_slice(source: SourceConfig) -> dict[str, Any]:
+    content = {k: getattr(source, k) for k in SOURCE_CONTENT_FIELDS}
+    return {**content, "environment": environment_fingerprint(source)}
+
+
+def tokenizer_step(cfg: RunConfig) -> Step:
+    config: dict[str, Any] = {"tokenizer": to_dict(cfg.tokenizer)}
+    if cfg.tokenizer.kind == "train_bpe":
+        config["sources"] = {name: source_slice(s) for name, s in sorted(cfg.data.sources.items())}
+    return Step("tokenizer", cfg.tokenizer.name, config, code=("smollm.data.tokenizer", "smollm.data.sources"))
+
+
+def build_tokenizer(cfg: RunConfig) -> StepResult:
+    from smollm.data.tokenizer import build_tokenizer as build
+
+    sources = [cfg.data.sources[name] for name in sorted(cfg.data.sources)]
+    return run_step(tokenizer_step(cfg), workdir(cfg), lambda out: build(cfg.tokenizer, sources, out))
+
+
+def source_step(cfg: RunConfig, name: str, tokenizer: StepResult) -> Step:
+    config = {"source": source_slice(cfg.data.sources[name]), "shard_tokens": cfg.data.shard_tokens}
+    return Step("tokens", name, config, upstream=(tokenizer.identity,),
+                code=("smollm.data.shards", "smollm.data.sources", "smollm.data.synthetic_math"))
+
+
+def build_source(cfg: RunConfig, name: str, tokenizer: StepResult) -> StepResult:
+    from smollm.data.shards import tokenize_source
+
+    source = cfg.data.sources[name]
+    return run_step(
+        source_step(cfg, name, tokenizer),
+        workdir(cfg),
+        lambda out: tokenize_source(source, tokenizer.output, out, cfg.data.shard_tokens),
+    )
+
+
+def train_step(
+    cfg: RunConfig, stage: StageConfig, sources: dict[str, StepResult], tokenizer: StepResult,
+    previous: StepResult | None,
+) -> Step:
+    train = {k: v for k, v in to_dict(cfg.train).items() if k not in TRAIN_BOOKKEEPING_FIELDS}
+    weights = {k: v for k, v in sorted(cfg.mixture.weights.items()) if v > 0}
+    config = {
+        "model": to_dict(cfg.model),
+        "train": train,
+        "stage": {"train_tokens": stage.train_tokens, "decay_fraction": stage.decay_fraction},
+        "mixture": weights,
+    }
+    upstream = [tokenizer.identity, *(sources[name].identity for name in weights)]
+    if previous is not None:
+        upstream.append(previous.identity)
+    name = f"{cfg.pipeline.name}-{stage.name}"
+    return Step("train", name, config, upstream=tuple(upstream),
+                code=("smollm.train", "smollm.data.sampler", "smollm.model", "smollm.schedule"))
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    step: StepResult
+    summary: dict[str, Any]
+
+
+def train(
+    cfg: RunConfig, stage: StageConfig, sources: dict[str, StepResult], tokenizer: StepResult,
+    previous: StepResult | None, tracker: Tracker | None = None, run_id: str | None = None,
+) -> TrainOutcome:
+    """Train `stage` (from `previous`'s checkpoint if given); reuse a complete output."""
+    from smollm.train import StageRun, train_stage
+
+    step = train_step(cfg, stage, sources, tokenizer, previous)
+    run = StageRun(
+        model=cfg.model, train=cfg.train, stage=stage, mixture=cfg.mixture,
+        sources={name: result.output for name, result in sources.items()},
+        tokenizer_dir=tokenizer.output,
+        init_checkpoint=previous.output if previous else None,
+        resume_dir=step.output_dir(workdir(cfg)).with_name(f".resume-{step.output_dir(workdir(cfg)).name}"),
+    )
+    result = run_step(step, workdir(cfg), lambda out: train_stage(run, out, tracker, run_id))
+    summary = json.loads((result.output / "summary.json").read_text())
+    return TrainOutcome(result, summary)
+
+
+def eval_step(cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult]) -> Step:
+    upstream = (checkpoint.identity, *(sources[n].identity for n in sorted(sources)))
+    return Step("eval", checkpoint.output.name, {"suite": cfg.eval}, upstream=upstream,
+                code=("smollm.evaluation.lighteval_backend", "smollm.evaluation.items"))
+
+
+def evaluate(cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult]) -> tuple[StepResult, Any]:
+    """Evaluate a checkpoint on the suite with lighteval; reuse complete results."""
+    from smollm.evaluation import EvalResult, evaluate_checkpoint
+
+    heldout = {name: result.output / "heldout.jsonl" for name, result in sources.items()}
+    result = run_step(
+        eval_step(cfg, checkpoint, sources),
+        workdir(cfg),
+        lambda out: evaluate_checkpoint(checkpoint.output / "model", cfg.eval_suite, heldout, out),
+    )
+    return result, EvalResult.from_json((result.output / "results.json").read_text())

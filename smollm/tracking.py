@@ -1,0 +1,171 @@
+"""Experiment tracking: a small interface, an MLflow implementation and a null one for tests.
+
+Runs are addressed by id and nested through `parent_run_id` (MLflow's active-run stack is
+thread-local, and Prefect tasks run in threads), so nothing here relies on `mlflow.start_run`.
+Metrics are buffered and sent with `log_batch`, a thousand at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from smollm.config import TrackingConfig
+
+MAX_BATCH = 1000
+
+
+class Tracker(Protocol):
+    def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str: ...
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None: ...
+    def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None: ...
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None: ...
+    def flush(self) -> None: ...
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
+    def latest_metrics(self, run_id: str) -> dict[str, float]: ...
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists are indexed."""
+    if isinstance(data, Mapping):
+        items = data.items()
+    elif isinstance(data, list | tuple):
+        items = ((str(i), v) for i, v in enumerate(data))
+    else:
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def tracking_uri(config: TrackingConfig, workdir: Path) -> str:
+    """The configured URI, or a SQLite store inside the work dir."""
+    return config.uri or f"sqlite:///{(Path(workdir) / 'mlflow.db').resolve()}"
+
+
+class MLflowTracker:
+    """Talks to an MLflow tracking store through `MlflowClient`."""
+
+    def __init__(self, config: TrackingConfig, workdir: Path) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri(config, workdir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self._experiment(config.experiment, Path(workdir))
+        self._pending: dict[str, list] = {}
+
+    def _experiment(self, name: str, workdir: Path) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            location = (workdir / "mlartifacts").resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:6000]) for k, v in flatten(params).items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        import time
+
+        now = int(time.time() * 1000)
+        batch = self._pending.setdefault(run_id, [])
+        batch.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        if len(batch) >= MAX_BATCH:
+            self._flush_run(run_id)
+
+    def _flush_run(self, run_id: str) -> None:
+        batch = self._pending.pop(run_id, [])
+        for start in range(0, len(batch), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=batch[start : start + MAX_BATCH])
+
+    def flush(self) -> None:
+        for run_id in list(self._pending):
+            self._flush_run(run_id)
+
+    def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
+        self.client.log_dict(run_id, data, artifact_file)
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self._flush_run(run_id)
+        self.client.set_terminated(run_id, status=status)
+
+    def latest_metrics(self, run_id: str) -> dict[str, float]:
+        self._flush_run(run_id)
+        return dict(self.client.get_run(run_id).data.metrics)
+
+
+class NullTracker:
+    """Keeps everything in memory; for tests and for `tracking.enabled: false`."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict] = {}
+
+    def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+        run_id = f"null-{len(self.runs)}"
+        self.runs[run_id] = {"name": name, "parent": parent_run_id, "tags": dict(tags or {}),
+                             "params": {}, "metrics": {}, "artifacts": {}, "status": "RUNNING"}
+        return run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        self.runs[run_id]["params"].update(flatten(params))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self.runs[run_id]["metrics"].setdefault(key, []).append((step, float(value)))
+
+    def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
+        self.runs[run_id]["artifacts"][artifact_file] = json.loads(json.dumps(data))
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.runs[run_id]["artifacts"][str(Path(artifact_path or "") / Path(path).name)] = str(path)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.runs[run_id]["tags"].update(tags)
+
+    def flush(self) -> None:
+        pass
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.runs[run_id]["status"] = status
+
+    def latest_metrics(self, run_id: str) -> dict[str, float]:
+        return {k: v[-1][1] for k, v in self.runs[run_id]["metrics"].items()}
+
+
+def make_tracker(config: TrackingConfig, workdir: Path) -> Tracker:
+    return MLflowTracker(config, workdir) if config.enabled else NullTracker()
+
+
+def write_temp_json(data: Any, name: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="smollm-"))
+    path = folder / name
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    return path

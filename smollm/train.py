@@ -1,0 +1,270 @@
+"""Train one stage of a pipeline: a `LlamaForCausalLM`, AdamW, WSD, the mixture sampler.
+
+A stage starts from scratch (the first stage, or a data ablation) or continues from the previous
+stage's checkpoint with its optimizer state, step, tokens seen and sampler totals. Its output is
+a checkpoint folder:
+    model/               save_pretrained weights + config + the tokenizer (AutoModel/lighteval load it)
+    trainer_state.pt     optimizer, step, tokens seen, sampler position, RNG states
+    summary.json         step range, tokens (per source, epochs), first/last loss, skipped steps
+    losses.jsonl         one line per optimizer step: step, tokens, loss, lr, grad_norm
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smollm.config import MixtureConfig, ModelConfig, StageConfig, TrainConfig
+from smollm.data.sampler import MixtureSampler
+from smollm.data.shards import TokenizedSource
+from smollm.model import build_model
+from smollm.schedule import stage_schedule
+from smollm.steps import atomic_dir_swap
+from smollm.tracking import NullTracker, Tracker
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageRun:
+    """Everything one stage's training needs, resolved to paths."""
+
+    model: ModelConfig
+    train: TrainConfig
+    stage: StageConfig
+    mixture: MixtureConfig
+    sources: dict[str, Path]
+    """Built token folders per source."""
+    tokenizer_dir: Path
+    init_checkpoint: Path | None = None
+    resume_dir: Path | None = None
+    """Where intermediate checkpoints go, so a killed run resumes."""
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def make_optimizer(model, train: TrainConfig):
+    """AdamW; no weight decay on norms (1-D parameters)."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = train.optimizer
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=opt.lr,
+        betas=tuple(opt.betas),
+        eps=opt.eps,
+    )
+
+
+def save_checkpoint(folder: Path, model, tokenizer_dir: Path, state: dict[str, Any]) -> None:
+    """Weights (save_pretrained) + tokenizer + trainer state into `folder`."""
+    import torch
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(folder / "model")
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder / "model")
+    torch.save(state, folder / STATE_FILE)
+
+
+def load_checkpoint(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """The model and trainer state of a checkpoint folder; a clear error if it is missing."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    if not (folder / STATE_FILE).is_file() or not (folder / "model" / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint {folder}: missing {STATE_FILE} or model/ (not a complete checkpoint)")
+    model = LlamaForCausalLM.from_pretrained(folder / "model")
+    state = torch.load(folder / STATE_FILE, weights_only=False)
+    return model, state
+
+
+def latest_resume_point(resume_dir: Path | None) -> Path | None:
+    if resume_dir is None or not resume_dir.is_dir():
+        return None
+    points = sorted(resume_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    points = [p for p in points if (p / STATE_FILE).is_file()]
+    return points[-1] if points else None
+
+
+class Trainer:
+    """Runs one stage; `run()` trains to the stage's end and writes the checkpoint."""
+
+    def __init__(self, run: StageRun, tracker: Tracker | None = None, run_id: str | None = None) -> None:
+        import torch
+
+        self.run, self.tracker, self.run_id = run, tracker or NullTracker(), run_id
+        if run.train.num_threads:
+            torch.set_num_threads(run.train.num_threads)
+        sources = {name: TokenizedSource.open(path) for name, path in run.sources.items()}
+        self.sampler = MixtureSampler(
+            sources, run.mixture.weights, seq_len=run.train.seq_len, seed=run.train.seed
+        )
+        self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
+        self.model, state = self._initial_model()
+        self.optimizer = make_optimizer(self.model, run.train)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+            self.sampler.load_state_dict(state["sampler"], new_stage=True)
+        self.start_step = self.step
+        self.start_tokens = self.tokens_seen
+        self.num_steps = run.stage.train_tokens // run.train.tokens_per_step
+        self.schedule = stage_schedule(
+            peak_lr=run.train.optimizer.lr,
+            warmup_steps=run.train.schedule.warmup_steps,
+            min_lr=run.train.schedule.min_lr,
+            start_step=self.start_step,
+            num_steps=self.num_steps,
+            decay_fraction=run.stage.decay_fraction,
+        )
+        self.losses: list[dict[str, float]] = []
+        self.resumed_from = self._resume()
+
+    def _initial_model(self):
+        import torch
+
+        torch.manual_seed(self.run.train.seed)
+        if self.run.init_checkpoint is None:
+            return build_model(self.run.model, seed=self.run.train.seed), None
+        return load_checkpoint(self.run.init_checkpoint)
+
+    def _resume(self) -> Path | None:
+        point = latest_resume_point(self.run.resume_dir)
+        if point is None:
+            return None
+        model, state = load_checkpoint(point)
+        self.model.load_state_dict(model.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.sampler.load_state_dict(state["sampler"])
+        self.losses = state.get("losses", [])
+        _set_rng_state(state["rng"])
+        return point
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": _rng_state(),
+            "skipped_steps": self.skipped_steps,
+            "stage": self.run.stage.name,
+            "mixture": dict(self.run.mixture.weights),
+            "losses": self.losses,
+        }
+
+    def train_step(self) -> dict[str, float]:
+        import torch
+        import torch.nn.functional as F
+
+        train = self.run.train
+        lr = self.schedule.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for _ in range(train.grad_accum_steps):
+            batch = torch.from_numpy(self.sampler.next_batch(train.micro_batch_size))
+            logits = self.model(input_ids=batch[:, :-1]).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            (loss / train.grad_accum_steps).backward()
+            total += loss.item() / train.grad_accum_steps
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.optimizer.grad_clip))
+        if np.isfinite(total) and np.isfinite(grad_norm):
+            self.optimizer.step()
+        else:  # a non-finite loss or gradient never reaches the weights
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += train.tokens_per_step
+        return {"loss": total, "lr": lr, "grad_norm": grad_norm}
+
+    def _log(self, record: dict[str, float]) -> None:
+        metrics = {f"train/{k}": v for k, v in record.items()}
+        metrics.update({f"tokens/{k}": v for k, v in self.sampler.tokens_per_source().items()})
+        metrics["train/step"] = self.step
+        if self.run_id:
+            self.tracker.log_metrics(self.run_id, metrics, step=self.tokens_seen)
+
+    def _save_resume_point(self) -> None:
+        folder = self.run.resume_dir / f"step-{self.step}"
+        atomic_dir_swap(folder, lambda tmp: save_checkpoint(tmp, self.model, self.run.tokenizer_dir, self.state()))
+        for old in self.run.resume_dir.glob("step-*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def run_to_end(self, output: Path) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        train, end = self.run.train, self.start_step + self.num_steps
+        self.model.train()
+        started = time.perf_counter()
+        bar = tqdm(total=self.num_steps, initial=self.step - self.start_step, desc=f"train {self.run.stage.name}",
+                   unit="step", disable=not train.progress, dynamic_ncols=True)
+        while self.step < end:
+            record = self.train_step()
+            self.losses.append({"step": self.step, "tokens": self.tokens_seen, **record})
+            self._log(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+            every = train.checkpoint_every_steps
+            if every and self.run.resume_dir and (self.step - self.start_step) % every == 0 and self.step < end:
+                self._save_resume_point()
+        bar.close()
+        elapsed = time.perf_counter() - started
+        save_checkpoint(output, self.model, self.run.tokenizer_dir, self.state())
+        summary = self.summary(elapsed)
+        (output / "summary.json").write_text(json.dumps(summary, indent=2))
+        with open(output / "losses.jsonl", "w") as handle:
+            for record in self.losses:
+                handle.write(json.dumps(record) + "\n")
+        return summary
+
+    def summary(self, elapsed: float) -> dict[str, Any]:
+        stage_losses = [r["loss"] for r in self.losses if r["step"] > self.start_step]
+        return {
+            "stage": self.run.stage.name,
+            "start_step": self.start_step,
+            "end_step": self.step,
+            "start_tokens": self.start_tokens,
+            "tokens_seen": self.tokens_seen,
+            "mixture": dict(self.run.mixture.weights),
+            "stage_tokens_per_source": self.sampler.tokens_per_source(stage_only=True),
+            "tokens_per_source": self.sampler.tokens_per_source(),
+            "epochs_per_source": self.sampler.epochs_per_source(),
+            "first_loss": stage_losses[0] if stage_losses else None,
+            "last_loss": float(np.mean(stage_losses[-10:])) if stage_losses else None,
+            "final_lr": self.losses[-1]["lr"] if self.losses else None,
+            "skipped_steps": self.skipped_steps,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "optimizer_state_loaded": self.run.init_checkpoint is not None,
+            "seconds": elapsed,
+            "tokens_per_second": (self.step - self.start_step) * self.run.train.tokens_per_step / max(elapsed, 1e-9),
+        }
+
+
+def train_stage(run: StageRun, output: Path, tracker: Tracker | None = None, run_id: str | None = None) -> dict:
+    """Train the stage to its end and write the checkpoint into `output`."""
+    return Trainer(run, tracker, run_id).run_to_end(output)

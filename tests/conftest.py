@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny config of the real pipeline (same code path, toy sizes)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_overrides(workdir) -> list[str]:
+    """Shrink the embedded default: small sources, a 2-layer model, short stages."""
+    return [
+        f"workdir={workdir}",
+        "tokenizer.vocab_size=512",
+        "tokenizer.train_bytes_per_source=300000",
+        "model.vocab_size=512",
+        "model.hidden_size=64",
+        "model.num_layers=2",
+        "model.num_heads=4",
+        "model.num_kv_heads=2",
+        "model.intermediate_size=128",
+        "model.max_seq_len=128",
+        "data.sources.stdlib_code.num_docs=60",
+        "data.sources.stdlib_code.heldout_docs=10",
+        "data.sources.synthetic_math.num_docs=4000",
+        "data.sources.synthetic_math.heldout_docs=100",
+        "data.sources.stdlib_prose.heldout_docs=20",
+        "train.seq_len=64",
+        "train.micro_batch_size=8",
+        "train.schedule.warmup_steps=5",
+        "train.checkpoint_every_steps=0",
+        "train.progress=false",
+        "pipeline.stages.0.train_tokens=25600",
+        "pipeline.stages.1.train_tokens=12800",
+        "pipeline.stages.2.train_tokens=12800",
+        "tracking.experiment=smollm-test",
+    ]
+
+
+@pytest.fixture
+def overrides(tmp_path):
+    return tiny_overrides(tmp_path / "work")
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """A tiny config with its tokenizer and sources built once for the session (real steps)."""
+    from flows.compose import compose
+    from smollm import stage
+
+    cfg = compose(tiny_overrides(tmp_path_factory.mktemp("built") / "work"))
+    tokenizer = stage.build_tokenizer(cfg)
+    sources = {name: stage.build_source(cfg, name, tokenizer) for name in sorted(cfg.data.sources)}
+    return cfg, tokenizer, sources
