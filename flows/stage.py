@@ -103,6 +103,7 @@ def stage_flow(
         "checkpoint": str(outcome.step.output),
         "identity": outcome.step.identity,
         "trained": outcome.step.computed,
+        "data_built": [name for name, r in {"tokenizer": tokenizer, **sources}.items() if r.computed],
         "tokens_seen": tokens,
         "summary": outcome.summary,
         "evals": evals,

@@ -24,7 +24,7 @@ def tiny_overrides(workdir) -> list[str]:
         "model.num_heads=4",
         "model.num_kv_heads=2",
         "model.intermediate_size=128",
-        "model.max_seq_len=128",
+        "model.max_seq_len=512",
         "data.sources.stdlib_code.num_docs=60",
         "data.sources.stdlib_code.heldout_docs=10",
         "data.sources.synthetic_math.num_docs=4000",
