@@ -1,7 +1,7 @@
 """The `smollm` command.
 
-    smollm run pipeline=demo train.seed=3     run a pipeline end to end (Prefect, ephemeral mode)
-    smollm config model=smollm2_1.7b          compose + validate, print the resolved config
+smollm run pipeline=demo train.seed=3     run a pipeline end to end (Prefect, ephemeral mode)
+smollm config model=smollm2_1.7b          compose + validate, print the resolved config
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="smollm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="smollm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "run a pipeline end to end"), ("config", "print the resolved config")):
         cmd = sub.add_parser(name, help=text)

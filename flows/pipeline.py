@@ -27,15 +27,15 @@ def pipeline_flow(overrides: list[str] | None = None) -> dict[str, Any]:
     overrides = list(overrides or [])
     cfg = compose(overrides)  # validates everything before any compute
     tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
-    run_id = start_config_run(tracker, cfg, f"pipeline/{cfg.pipeline.name}", "pipeline",
-                              parent_run_id=None, flow_run_id=flow_run.id)
+    run_id = start_config_run(
+        tracker, cfg, f"pipeline/{cfg.pipeline.name}", "pipeline", parent_run_id=None, flow_run_id=flow_run.id
+    )
     stages: list[dict[str, Any]] = []
     try:
         previous = None
         for index, stage in enumerate(cfg.pipeline.stages):
             print(f"stage {index + 1}/{len(cfg.pipeline.stages)}: {stage.name}")
-            previous = stage_flow(overrides=overrides, stage_index=index, previous=previous,
-                                  pipeline_run_id=run_id)
+            previous = stage_flow(overrides=overrides, stage_index=index, previous=previous, pipeline_run_id=run_id)
             stages.append(previous)
     except BaseException:
         tracker.end_run(run_id, "FAILED")

@@ -53,14 +53,22 @@ def build_data(cfg: RunConfig) -> tuple[StepResult, dict[str, StepResult]]:
 
 def publish(cfg: RunConfig, stage_index: int, evals: dict[str, float], diff: str | None) -> None:
     stage = cfg.pipeline.stages[stage_index]
-    rows = [{"category": k.split("/", 2)[-1], "score": round(v, 4)}
-            for k, v in sorted(evals.items()) if k.startswith("eval/category/")]
-    create_table_artifact(key=f"{cfg.pipeline.name}-{stage.name}-evals".lower(), table=rows,
-                          description=f"Evaluations per category after {stage.name}")
+    rows = [
+        {"category": k.split("/", 2)[-1], "score": round(v, 4)}
+        for k, v in sorted(evals.items())
+        if k.startswith("eval/category/")
+    ]
+    create_table_artifact(
+        key=f"{cfg.pipeline.name}-{stage.name}-evals".lower(),
+        table=rows,
+        description=f"Evaluations per category after {stage.name}",
+    )
     if diff is not None:
-        create_markdown_artifact(key=f"{cfg.pipeline.name}-{stage.name}-mixture-diff".lower(),
-                                 markdown=f"### Next mixture after {stage.name}\n\n```\n{diff}\n```",
-                                 description="Rebalanced mixture vs. the current one")
+        create_markdown_artifact(
+            key=f"{cfg.pipeline.name}-{stage.name}-mixture-diff".lower(),
+            markdown=f"### Next mixture after {stage.name}\n\n```\n{diff}\n```",
+            description="Rebalanced mixture vs. the current one",
+        )
 
 
 @flow(name="smollm-stage", log_prints=True)
@@ -75,8 +83,9 @@ def stage_flow(
     cfg = compose_stage(overrides, stage_index, stage_mixture(overrides, stage_index, previous))
     stage = cfg.pipeline.stages[stage_index]
     tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
-    stage_run_id = start_config_run(tracker, cfg, f"stage/{stage.name}", "stage",
-                                    parent_run_id=pipeline_run_id, flow_run_id=flow_run.id)
+    stage_run_id = start_config_run(
+        tracker, cfg, f"stage/{stage.name}", "stage", parent_run_id=pipeline_run_id, flow_run_id=flow_run.id
+    )
     try:
         tokenizer, sources = build_data(cfg)
         prev_ckpt = StepResult(Path(previous["checkpoint"]), previous["identity"], False) if previous else None
@@ -87,9 +96,15 @@ def stage_flow(
         if stage_index + 1 < len(cfg.pipeline.stages) and cfg.pipeline.stages[stage_index + 1].mixture is None:
             next_mixture = generated_mixture_name(cfg, stage_index, outcome.step.identity)
             _, proposal = rebalance(
-                cfg, stage_index, outcome.summary, sources, stage_run_id=stage_run_id,
-                pipeline_run_id=pipeline_run_id, mixture_name=next_mixture,
-                generated_dir=generated_dir(cfg.workdir), conf_dir=CONF_DIR,
+                cfg,
+                stage_index,
+                outcome.summary,
+                sources,
+                stage_run_id=stage_run_id,
+                pipeline_run_id=pipeline_run_id,
+                mixture_name=next_mixture,
+                generated_dir=generated_dir(cfg.workdir),
+                conf_dir=CONF_DIR,
             )
             diff = proposal.diff_text()
             print("\n".join(proposal.explanation))

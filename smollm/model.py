@@ -1,6 +1,6 @@
 """Build `transformers.LlamaForCausalLM` models from `ModelConfig` shapes.
 
-    >>> from smollm.model import llama_config, count_parameters
+>>> from smollm.model import llama_config, count_parameters
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def llama_config(model: ModelConfig):
         num_attention_heads=model.num_heads,
         num_key_value_heads=model.num_kv_heads,
         max_position_embeddings=model.max_seq_len,
-        rope_theta=model.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": model.rope_theta},
         rms_norm_eps=model.rms_norm_eps,
         initializer_range=model.init_std,
         tie_word_embeddings=model.tie_embeddings,

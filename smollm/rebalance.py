@@ -118,8 +118,10 @@ def project(weights: Mapping[str, float], bounds: Mapping[str, Bounds]) -> dict[
 
 
 def _fmt(bounds: Mapping[str, Bounds], side: str) -> str:
-    return ", ".join(f"{n}={getattr(b, side):.4f}{' ' + b.why_high if side == 'high' and b.why_high else ''}"
-                     for n, b in sorted(bounds.items()))
+    return ", ".join(
+        f"{n}={getattr(b, side):.4f}{' ' + b.why_high if side == 'high' and b.why_high else ''}"
+        for n, b in sorted(bounds.items())
+    )
 
 
 def source_bounds(
@@ -162,8 +164,13 @@ def propose(
         targets, explanation = apply_rules(config.rules, metrics, current)
     weights = fill(current, targets)
     bounds = source_bounds(
-        sorted(weights), sources, current, max_change=config.max_change,
-        consumed_tokens=consumed_tokens, available_tokens=available_tokens, next_stage_tokens=next_stage_tokens,
+        sorted(weights),
+        sources,
+        current,
+        max_change=config.max_change,
+        consumed_tokens=consumed_tokens,
+        available_tokens=available_tokens,
+        next_stage_tokens=next_stage_tokens,
     )
     projected = project(weights, bounds)
     for name in sorted(projected):

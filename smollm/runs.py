@@ -41,27 +41,45 @@ def start_config_run(
 
 
 def tracked_train(
-    cfg: RunConfig, stage: StageConfig, sources: dict[str, StepResult], tokenizer: StepResult,
-    previous: StepResult | None, tracker: Tracker, *, stage_run_id: str, flow_run_id: str | None,
+    cfg: RunConfig,
+    stage: StageConfig,
+    sources: dict[str, StepResult],
+    tokenizer: StepResult,
+    previous: StepResult | None,
+    tracker: Tracker,
+    *,
+    stage_run_id: str,
+    flow_run_id: str | None,
 ) -> TrainOutcome:
     """Train the stage inside a child MLflow run of the stage run."""
-    run_id = start_config_run(tracker, cfg, f"train/{stage.name}", "train",
-                              parent_run_id=stage_run_id, flow_run_id=flow_run_id)
+    run_id = start_config_run(
+        tracker, cfg, f"train/{stage.name}", "train", parent_run_id=stage_run_id, flow_run_id=flow_run_id
+    )
     try:
         outcome = train(cfg, stage, sources, tokenizer, previous, tracker, run_id)
         if not outcome.step.computed:
             replay_losses(tracker, run_id, outcome.step.output / "losses.jsonl", outcome.summary["start_step"])
         summary = outcome.summary
-        tracker.log_metrics(run_id, {
-            "summary/first_loss": summary["first_loss"], "summary/last_loss": summary["last_loss"],
-            "summary/tokens_per_second": summary["tokens_per_second"],
-            "summary/skipped_steps": summary["skipped_steps"],
-            **{f"epochs/{k}": v for k, v in summary["epochs_per_source"].items()},
-        }, step=summary["tokens_seen"])
+        tracker.log_metrics(
+            run_id,
+            {
+                "summary/first_loss": summary["first_loss"],
+                "summary/last_loss": summary["last_loss"],
+                "summary/tokens_per_second": summary["tokens_per_second"],
+                "summary/skipped_steps": summary["skipped_steps"],
+                **{f"epochs/{k}": v for k, v in summary["epochs_per_source"].items()},
+            },
+            step=summary["tokens_seen"],
+        )
         tracker.log_dict(run_id, summary, "summary.json")
-        tracker.set_tags(run_id, {"smollm.identity": outcome.step.identity,
-                                  "smollm.cached": str(not outcome.step.computed).lower(),
-                                  "smollm.checkpoint": str(outcome.step.output)})
+        tracker.set_tags(
+            run_id,
+            {
+                "smollm.identity": outcome.step.identity,
+                "smollm.cached": str(not outcome.step.computed).lower(),
+                "smollm.checkpoint": str(outcome.step.output),
+            },
+        )
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise
@@ -78,8 +96,13 @@ def replay_losses(tracker: Tracker, run_id: str, losses: Path, start_step: int) 
 
 
 def tracked_evaluate(
-    cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult], tracker: Tracker,
-    *, stage_run_id: str, tokens_seen: int,
+    cfg: RunConfig,
+    checkpoint: StepResult,
+    sources: dict[str, StepResult],
+    tracker: Tracker,
+    *,
+    stage_run_id: str,
+    tokens_seen: int,
 ) -> dict[str, float]:
     """Evaluate and log `eval/<task>/<metric>` and `eval/category/<name>` on the stage run."""
     step, result = evaluate(cfg, checkpoint, sources)
@@ -87,8 +110,9 @@ def tracked_evaluate(
     metrics.update({f"{EVAL_PREFIX}category/{k}": v for k, v in result.categories.items()})
     tracker.log_metrics(stage_run_id, metrics, step=tokens_seen)
     tracker.log_artifact(stage_run_id, step.output / "results.json", "eval")
-    tracker.set_tags(stage_run_id, {"smollm.eval_identity": step.identity,
-                                    "smollm.eval_cached": str(not step.computed).lower()})
+    tracker.set_tags(
+        stage_run_id, {"smollm.eval_identity": step.identity, "smollm.eval_cached": str(not step.computed).lower()}
+    )
     tracker.flush()
     return metrics
 
@@ -96,7 +120,7 @@ def tracked_evaluate(
 def stage_evals(tracker: Tracker, stage_run_id: str) -> dict[str, float]:
     """The stage's evaluation metrics, read back from the tracking store (prefix removed)."""
     metrics = tracker.latest_metrics(stage_run_id)
-    return {k[len(EVAL_PREFIX):]: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
+    return {k[len(EVAL_PREFIX) :]: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
 
 
 def available_tokens(cfg: RunConfig, sources: Mapping[str, StepResult]) -> dict[str, int]:
@@ -109,16 +133,28 @@ def available_tokens(cfg: RunConfig, sources: Mapping[str, StepResult]) -> dict[
 
 
 def tracked_rebalance(
-    cfg: RunConfig, stage_index: int, summary: Mapping[str, Any], sources: Mapping[str, StepResult],
-    tracker: Tracker, *, stage_run_id: str, pipeline_run_id: str | None, mixture_name: str,
-    generated_dir: Path, conf_dir: Path,
+    cfg: RunConfig,
+    stage_index: int,
+    summary: Mapping[str, Any],
+    sources: Mapping[str, StepResult],
+    tracker: Tracker,
+    *,
+    stage_run_id: str,
+    pipeline_run_id: str | None,
+    mixture_name: str,
+    generated_dir: Path,
+    conf_dir: Path,
 ) -> tuple[Path, Proposal]:
     """Propose the next stage's mixture from the stage's evaluations in MLflow; write it."""
     stage, next_stage = cfg.pipeline.stages[stage_index], cfg.pipeline.stages[stage_index + 1]
     evals = stage_evals(tracker, stage_run_id)
     proposal = propose(
-        cfg.rebalance, evals, cfg.mixture.weights, cfg.data.sources,
-        consumed_tokens=summary["tokens_per_source"], available_tokens=available_tokens(cfg, sources),
+        cfg.rebalance,
+        evals,
+        cfg.mixture.weights,
+        cfg.data.sources,
+        consumed_tokens=summary["tokens_per_source"],
+        available_tokens=available_tokens(cfg, sources),
         next_stage_tokens=next_stage.train_tokens,
     )
     provenance = {
@@ -132,9 +168,11 @@ def tracked_rebalance(
         "tracking_uri": getattr(tracker, "uri", None),
         "git_commit": git_commit(),
     }
-    path = write_mixture(proposal, name=mixture_name, generated_dir=generated_dir,
-                         hand_written_dir=conf_dir, provenance=provenance)
+    path = write_mixture(
+        proposal, name=mixture_name, generated_dir=generated_dir, hand_written_dir=conf_dir, provenance=provenance
+    )
     tracker.log_artifact(stage_run_id, path, "rebalance")
-    tracker.log_dict(stage_run_id, {"explanation": proposal.explanation, "diff": proposal.diff()},
-                     "rebalance/proposal.json")
+    tracker.log_dict(
+        stage_run_id, {"explanation": proposal.explanation, "diff": proposal.diff()}, "rebalance/proposal.json"
+    )
     return path, proposal

@@ -20,8 +20,20 @@ from smollm.tracking import Tracker
 
 # Source fields that change the tokens; constraints (epochs, weights) are applied later.
 SOURCE_CONTENT_FIELDS = (
-    "loader", "builtin", "path", "subset", "data_files", "split", "text_field",
-    "num_docs", "min_chars", "heldout_docs", "seed",
+    "loader",
+    "builtin",
+    "path",
+    "subset",
+    "data_files",
+    "split",
+    "text_field",
+    "num_docs",
+    "min_chars",
+    "heldout_docs",
+    "seed",
+)
+EVAL_CODE = tuple(
+    f"smollm.evaluation.{m}" for m in ("suite", "items", "result", "lighteval_tasks", "lighteval_backend")
 )
 # Train fields that do not change the result.
 TRAIN_BOOKKEEPING_FIELDS = ("progress", "log_every_steps", "num_threads", "checkpoint_every_steps")
@@ -52,8 +64,13 @@ def build_tokenizer(cfg: RunConfig) -> StepResult:
 
 def source_step(cfg: RunConfig, name: str, tokenizer: StepResult) -> Step:
     config = {"source": source_slice(cfg.data.sources[name]), "shard_tokens": cfg.data.shard_tokens}
-    return Step("tokens", name, config, upstream=(tokenizer.identity,),
-                code=("smollm.data.shards", "smollm.data.sources", "smollm.data.synthetic_math"))
+    return Step(
+        "tokens",
+        name,
+        config,
+        upstream=(tokenizer.identity,),
+        code=("smollm.data.shards", "smollm.data.sources", "smollm.data.synthetic_math"),
+    )
 
 
 def build_source(cfg: RunConfig, name: str, tokenizer: StepResult) -> StepResult:
@@ -68,7 +85,10 @@ def build_source(cfg: RunConfig, name: str, tokenizer: StepResult) -> StepResult
 
 
 def train_step(
-    cfg: RunConfig, stage: StageConfig, sources: dict[str, StepResult], tokenizer: StepResult,
+    cfg: RunConfig,
+    stage: StageConfig,
+    sources: dict[str, StepResult],
+    tokenizer: StepResult,
     previous: StepResult | None,
 ) -> Step:
     train = {k: v for k, v in to_dict(cfg.train).items() if k not in TRAIN_BOOKKEEPING_FIELDS}
@@ -83,8 +103,13 @@ def train_step(
     if previous is not None:
         upstream.append(previous.identity)
     name = f"{cfg.pipeline.name}-{stage.name}"
-    return Step("train", name, config, upstream=tuple(upstream),
-                code=("smollm.train", "smollm.data.sampler", "smollm.model", "smollm.schedule"))
+    return Step(
+        "train",
+        name,
+        config,
+        upstream=tuple(upstream),
+        code=("smollm.train", "smollm.data.sampler", "smollm.model", "smollm.schedule"),
+    )
 
 
 @dataclass(frozen=True)
@@ -94,15 +119,23 @@ class TrainOutcome:
 
 
 def train(
-    cfg: RunConfig, stage: StageConfig, sources: dict[str, StepResult], tokenizer: StepResult,
-    previous: StepResult | None, tracker: Tracker | None = None, run_id: str | None = None,
+    cfg: RunConfig,
+    stage: StageConfig,
+    sources: dict[str, StepResult],
+    tokenizer: StepResult,
+    previous: StepResult | None,
+    tracker: Tracker | None = None,
+    run_id: str | None = None,
 ) -> TrainOutcome:
     """Train `stage` (from `previous`'s checkpoint if given); reuse a complete output."""
     from smollm.train import StageRun, train_stage
 
     step = train_step(cfg, stage, sources, tokenizer, previous)
     run = StageRun(
-        model=cfg.model, train=cfg.train, stage=stage, mixture=cfg.mixture,
+        model=cfg.model,
+        train=cfg.train,
+        stage=stage,
+        mixture=cfg.mixture,
         sources={name: result.output for name, result in sources.items()},
         tokenizer_dir=tokenizer.output,
         init_checkpoint=previous.output if previous else None,
@@ -115,8 +148,13 @@ def train(
 
 def eval_step(cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult]) -> Step:
     upstream = (checkpoint.identity, *(sources[n].identity for n in sorted(sources)))
-    return Step("eval", checkpoint.output.name, {"suite": cfg.eval}, upstream=upstream,
-                code=("smollm.evaluation.lighteval_backend", "smollm.evaluation.items"))
+    return Step(
+        "eval",
+        checkpoint.output.name,
+        {"suite": cfg.eval},
+        upstream=upstream,
+        code=EVAL_CODE,
+    )
 
 
 def evaluate(cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult]) -> tuple[StepResult, Any]:

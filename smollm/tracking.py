@@ -8,8 +8,8 @@ Metrics are buffered and sent with `log_batch`, a thousand at a time.
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,7 +19,9 @@ MAX_BATCH = 1000
 
 
 class Tracker(Protocol):
-    def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str: ...
+    def start_run(
+        self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str: ...
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None: ...
     def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None: ...
@@ -32,10 +34,11 @@ class Tracker(Protocol):
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists are indexed."""
+    items: Iterable[tuple[Any, Any]]
     if isinstance(data, Mapping):
         items = data.items()
     elif isinstance(data, list | tuple):
-        items = ((str(i), v) for i, v in enumerate(data))
+        items = enumerate(data)
     else:
         return {prefix: data}
     out: dict[str, Any] = {}
@@ -86,8 +89,6 @@ class MLflowTracker:
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
-        import time
-
         now = int(time.time() * 1000)
         batch = self._pending.setdefault(run_id, [])
         batch.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
@@ -130,8 +131,15 @@ class NullTracker:
 
     def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         run_id = f"null-{len(self.runs)}"
-        self.runs[run_id] = {"name": name, "parent": parent_run_id, "tags": dict(tags or {}),
-                             "params": {}, "metrics": {}, "artifacts": {}, "status": "RUNNING"}
+        self.runs[run_id] = {
+            "name": name,
+            "parent": parent_run_id,
+            "tags": dict(tags or {}),
+            "params": {},
+            "metrics": {},
+            "artifacts": {},
+            "status": "RUNNING",
+        }
         return run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -162,10 +170,3 @@ class NullTracker:
 
 def make_tracker(config: TrackingConfig, workdir: Path) -> Tracker:
     return MLflowTracker(config, workdir) if config.enabled else NullTracker()
-
-
-def write_temp_json(data: Any, name: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="smollm-"))
-    path = folder / name
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
-    return path

@@ -72,7 +72,7 @@ def make_optimizer(model, train: TrainConfig):
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=opt.lr,
-        betas=tuple(opt.betas),
+        betas=(opt.betas[0], opt.betas[1]),
         eps=opt.eps,
     )
 
@@ -117,9 +117,7 @@ class Trainer:
         if run.train.num_threads:
             torch.set_num_threads(run.train.num_threads)
         sources = {name: TokenizedSource.open(path) for name, path in run.sources.items()}
-        self.sampler = MixtureSampler(
-            sources, run.mixture.weights, seq_len=run.train.seq_len, seed=run.train.seed
-        )
+        self.sampler = MixtureSampler(sources, run.mixture.weights, seq_len=run.train.seq_len, seed=run.train.seed)
         self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
         self.model, state = self._initial_model()
         self.optimizer = make_optimizer(self.model, run.train)
@@ -208,10 +206,10 @@ class Trainer:
         if self.run_id:
             self.tracker.log_metrics(self.run_id, metrics, step=self.tokens_seen)
 
-    def _save_resume_point(self) -> None:
-        folder = self.run.resume_dir / f"step-{self.step}"
+    def _save_resume_point(self, resume_dir: Path) -> None:
+        folder = resume_dir / f"step-{self.step}"
         atomic_dir_swap(folder, lambda tmp: save_checkpoint(tmp, self.model, self.run.tokenizer_dir, self.state()))
-        for old in self.run.resume_dir.glob("step-*"):
+        for old in resume_dir.glob("step-*"):
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)
 
@@ -221,8 +219,14 @@ class Trainer:
         train, end = self.run.train, self.start_step + self.num_steps
         self.model.train()
         started = time.perf_counter()
-        bar = tqdm(total=self.num_steps, initial=self.step - self.start_step, desc=f"train {self.run.stage.name}",
-                   unit="step", disable=not train.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.num_steps,
+            initial=self.step - self.start_step,
+            desc=f"train {self.run.stage.name}",
+            unit="step",
+            disable=not train.progress,
+            dynamic_ncols=True,
+        )
         while self.step < end:
             record = self.train_step()
             self.losses.append({"step": self.step, "tokens": self.tokens_seen, **record})
@@ -231,7 +235,7 @@ class Trainer:
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
             every = train.checkpoint_every_steps
             if every and self.run.resume_dir and (self.step - self.start_step) % every == 0 and self.step < end:
-                self._save_resume_point()
+                self._save_resume_point(self.run.resume_dir)
         bar.close()
         elapsed = time.perf_counter() - started
         save_checkpoint(output, self.model, self.run.tokenizer_dir, self.state())

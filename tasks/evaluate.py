@@ -14,5 +14,6 @@ from tasks.common import TASK_OPTIONS, tracker_for
 def evaluate(
     cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult], stage_run_id: str, tokens_seen: int
 ) -> dict[str, float]:
-    return tracked_evaluate(cfg, checkpoint, sources, tracker_for(cfg), stage_run_id=stage_run_id,
-                            tokens_seen=tokens_seen)
+    return tracked_evaluate(
+        cfg, checkpoint, sources, tracker_for(cfg), stage_run_id=stage_run_id, tokens_seen=tokens_seen
+    )

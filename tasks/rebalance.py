@@ -16,9 +16,26 @@ from tasks.common import TASK_OPTIONS, tracker_for
 
 @task(name="rebalance", **TASK_OPTIONS)
 def rebalance(
-    cfg: RunConfig, stage_index: int, summary: dict[str, Any], sources: dict[str, StepResult], *,
-    stage_run_id: str, pipeline_run_id: str | None, mixture_name: str, generated_dir: Path, conf_dir: Path,
+    cfg: RunConfig,
+    stage_index: int,
+    summary: dict[str, Any],
+    sources: dict[str, StepResult],
+    *,
+    stage_run_id: str,
+    pipeline_run_id: str | None,
+    mixture_name: str,
+    generated_dir: Path,
+    conf_dir: Path,
 ) -> tuple[Path, Proposal]:
-    return tracked_rebalance(cfg, stage_index, summary, sources, tracker_for(cfg), stage_run_id=stage_run_id,
-                             pipeline_run_id=pipeline_run_id, mixture_name=mixture_name,
-                             generated_dir=generated_dir, conf_dir=conf_dir)
+    return tracked_rebalance(
+        cfg,
+        stage_index,
+        summary,
+        sources,
+        tracker_for(cfg),
+        stage_run_id=stage_run_id,
+        pipeline_run_id=pipeline_run_id,
+        mixture_name=mixture_name,
+        generated_dir=generated_dir,
+        conf_dir=conf_dir,
+    )

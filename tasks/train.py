@@ -14,8 +14,20 @@ from tasks.common import TASK_OPTIONS, tracker_for
 
 @task(name="train-stage", task_run_name="train-{stage_index}", **TASK_OPTIONS)
 def train_stage(
-    cfg: RunConfig, stage_index: int, sources: dict[str, StepResult], tokenizer: StepResult,
-    previous: StepResult | None, stage_run_id: str,
+    cfg: RunConfig,
+    stage_index: int,
+    sources: dict[str, StepResult],
+    tokenizer: StepResult,
+    previous: StepResult | None,
+    stage_run_id: str,
 ) -> TrainOutcome:
-    return tracked_train(cfg, cfg.pipeline.stages[stage_index], sources, tokenizer, previous,
-                         tracker_for(cfg), stage_run_id=stage_run_id, flow_run_id=flow_run.id)
+    return tracked_train(
+        cfg,
+        cfg.pipeline.stages[stage_index],
+        sources,
+        tokenizer,
+        previous,
+        tracker_for(cfg),
+        stage_run_id=stage_run_id,
+        flow_run_id=flow_run.id,
+    )

@@ -19,8 +19,12 @@ def test_default_config_composes_with_cli_style_overrides(tmp_path):
     assert set(cfg.data.sources) == {"stdlib_prose", "stdlib_code", "synthetic_math"}
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(CONF_DIR) for p in CONF_DIR.rglob("*.yaml")
-                                        if p.parent != CONF_DIR and "source" not in p.parts))
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p.relative_to(CONF_DIR) for p in CONF_DIR.rglob("*.yaml") if p.parent != CONF_DIR and "source" not in p.parts
+    ),
+)
 def test_every_group_option_composes(tmp_path, path):
     group, option = str(path.parent), path.stem
     overrides = [f"workdir={tmp_path}", f"{group}={option}"]
@@ -41,8 +45,10 @@ def test_every_group_option_composes(tmp_path, path):
         ("model.num_kv_heads=3", "model.num_kv_heads: must divide num_heads=4, got 3"),
         ("pipeline.stages.2.decay_fraction=2", "pipeline.stages[2].decay_fraction: must be in [0, 1], got 2.0"),
         ("+train.colour=red", "train.colour: unknown field"),
-        ("data.sources.stdlib_code.max_weight=0.01",
-         "data.sources.stdlib_code.max_weight: must be in [min_weight=0.05, 1], got 0.01"),
+        (
+            "data.sources.stdlib_code.max_weight=0.01",
+            "data.sources.stdlib_code.max_weight: must be in [min_weight=0.05, 1], got 0.01",
+        ),
     ],
 )
 def test_bad_values_name_the_field_and_value(tmp_path, override, message):
@@ -55,7 +61,8 @@ def test_bad_values_name_the_field_and_value(tmp_path, override, message):
 def test_cli_reports_a_bad_value_in_one_line_before_any_compute(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", f"workdir={tmp_path}", "train.optimizer.lr=-1"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: train.optimizer.lr: must be > 0, got -1.0"

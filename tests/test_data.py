@@ -53,13 +53,18 @@ def test_completed_build_is_not_redone_and_mixture_changes_do_not_retokenize(bui
     cfg, tokenizer, sources = built
     again = stage.build_source(cfg, "synthetic_math", tokenizer)
     assert not again.computed and again.output == sources["synthetic_math"].output
-    reweighted = dataclasses.replace(cfg, mixture=dataclasses.replace(
-        cfg.mixture, weights={"stdlib_prose": 0.2, "stdlib_code": 0.2, "synthetic_math": 0.6}))
+    reweighted = dataclasses.replace(
+        cfg,
+        mixture=dataclasses.replace(
+            cfg.mixture, weights={"stdlib_prose": 0.2, "stdlib_code": 0.2, "synthetic_math": 0.6}
+        ),
+    )
     assert stage.source_step(reweighted, "synthetic_math", tokenizer).identity == sources["synthetic_math"].identity
     assert stage.tokenizer_step(reweighted).identity == tokenizer.identity
     capped = dataclasses.replace(cfg.data.sources["synthetic_math"], max_epochs=2.0)
-    other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources={**cfg.data.sources,
-                                                                               "synthetic_math": capped}))
+    other = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, sources={**cfg.data.sources, "synthetic_math": capped})
+    )
     assert stage.source_step(other, "synthetic_math", tokenizer).identity == sources["synthetic_math"].identity
 
 

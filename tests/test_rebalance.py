@@ -21,8 +21,15 @@ def rules(**kw):
 
 
 def run(config, metrics, available=PLENTY, consumed=None, next_tokens=1000):
-    return propose(config, metrics, CURRENT, SOURCES, consumed_tokens=consumed or {},
-                   available_tokens=available, next_stage_tokens=next_tokens)
+    return propose(
+        config,
+        metrics,
+        CURRENT,
+        SOURCES,
+        consumed_tokens=consumed or {},
+        available_tokens=available,
+        next_stage_tokens=next_tokens,
+    )
 
 
 def test_rule_fires_below_threshold_and_others_shrink_in_proportion():
@@ -41,19 +48,18 @@ def test_rule_does_not_fire_above_threshold():
 
 
 def test_max_change_bounds_the_move():
-    config = RebalanceConfig(rules=[RuleConfig(name="r", metric="m", below=1, raise_sources=["math"], by=0.5)],
-                             max_change=0.15)
+    config = RebalanceConfig(
+        rules=[RuleConfig(name="r", metric="m", below=1, raise_sources=["math"], by=0.5)], max_change=0.15
+    )
     p = run(config, {"m": 0})
     assert p.weights["math"] == pytest.approx(0.25, abs=1e-6)
 
 
 def test_epoch_cap_limits_a_source_given_tokens_left():
     # math: 4 epochs of 1000 tokens, 3700 consumed -> 300 left for a 1000-token stage -> weight <= 0.3
-    p = run(rules(max_change=1.0), {"category/math": 0.0}, available={**PLENTY, "math": 1000},
-            consumed={"math": 3700})
+    p = run(rules(max_change=1.0), {"category/math": 0.0}, available={**PLENTY, "math": 1000}, consumed={"math": 3700})
     assert p.weights["math"] == pytest.approx(0.2)
-    p = run(rules(max_change=1.0), {"category/math": 0.0}, available={**PLENTY, "math": 1000},
-            consumed={"math": 3900})
+    p = run(rules(max_change=1.0), {"category/math": 0.0}, available={**PLENTY, "math": 1000}, consumed={"math": 3900})
     assert p.weights["math"] == pytest.approx(0.1, abs=1e-6)
     assert any("epoch cap" in line for line in p.explanation)
 
@@ -75,8 +81,13 @@ def test_written_mixture_has_provenance_and_never_replaces_hand_written(tmp_path
     (conf / "mixture").mkdir(parents=True)
     (conf / "mixture" / "mine.yaml").write_text("name: mine\nweights: {prose: 1.0}\n")
     gen = tmp_path / "gen"
-    path = write_mixture(p, name="demo-stage2-abc", generated_dir=gen, hand_written_dir=conf,
-                         provenance={"policy": "rules", "mlflow_runs": {"stage": "r1"}})
+    path = write_mixture(
+        p,
+        name="demo-stage2-abc",
+        generated_dir=gen,
+        hand_written_dir=conf,
+        provenance={"policy": "rules", "mlflow_runs": {"stage": "r1"}},
+    )
     text = path.read_text()
     assert text.startswith(GENERATED_MARK) and "r1" in text and "math: 0.1000 -> 0.2000 (+0.1000)" in text
     assert yaml.safe_load(text) == {"name": "demo-stage2-abc", "weights": p.weights}

@@ -59,6 +59,10 @@ def test_skip_holds_across_processes(tmp_path):
         "r = run_step(Step('tokens', 'p', {'n': 3}), pathlib.Path(sys.argv[1]),"
         " lambda o: (o / 'f').write_text('x')); print(r.computed)"
     )
-    outs = [subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                           check=True).stdout.strip() for _ in range(2)]
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    ]
     assert outs == ["True", "False"]

@@ -21,8 +21,7 @@ def test_stage_trains_checkpoints_and_the_next_stage_continues(built):
     assert state["step"] == steps and state["sampler"]["total_windows"]
     assert len(state["optimizer"]["state"]) == len(list(model.parameters()))
 
-    mixture = dataclasses.replace(cfg.mixture, weights={"stdlib_prose": 0.2, "stdlib_code": 0.2,
-                                                        "synthetic_math": 0.6})
+    mixture = dataclasses.replace(cfg.mixture, weights={"stdlib_prose": 0.2, "stdlib_code": 0.2, "synthetic_math": 0.6})
     second = stage.train(dataclasses.replace(cfg, mixture=mixture), second_stage, sources, tokenizer, first.step)
     s2 = second.summary
     assert s2["start_step"] == steps and s2["start_tokens"] == s1["tokens_seen"]

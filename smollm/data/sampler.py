@@ -90,8 +90,7 @@ class MixtureSampler:
 
     def epochs_per_source(self) -> dict[str, float]:
         return {
-            name: tokens / self.windows[name].source.num_tokens
-            for name, tokens in self.tokens_per_source().items()
+            name: tokens / self.windows[name].source.num_tokens for name, tokens in self.tokens_per_source().items()
         }
 
     def state_dict(self) -> dict:

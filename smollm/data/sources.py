@@ -29,11 +29,7 @@ SKIPPED_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
 def stdlib_files() -> list[Path]:
     """The standard library's own `.py` files (no tests, no site-packages), sorted."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    return [
-        path
-        for path in sorted(root.rglob("*.py"))
-        if not SKIPPED_DIRS.intersection(path.relative_to(root).parts)
-    ]
+    return [path for path in sorted(root.rglob("*.py")) if not SKIPPED_DIRS.intersection(path.relative_to(root).parts)]
 
 
 def _read(path: Path) -> str | None:
@@ -103,8 +99,7 @@ def hf_documents(source: SourceConfig) -> Iterator[str]:
     for row in dataset:
         if source.text_field not in row:
             raise ValueError(
-                f"data.sources.{source.name}.text_field: {source.text_field!r} is not a column "
-                f"(columns: {sorted(row)})"
+                f"data.sources.{source.name}.text_field: {source.text_field!r} is not a column (columns: {sorted(row)})"
             )
         yield row[source.text_field]
 
