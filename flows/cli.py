@@ -60,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     from flows.pipeline import pipeline_flow
+    from flows.runtime import embedded_settings
 
-    print(report(pipeline_flow(overrides=args.overrides)))
+    with embedded_settings():
+        result = pipeline_flow(overrides=args.overrides)
+    print(report(result))
     return 0
 
 

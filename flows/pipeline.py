@@ -35,7 +35,10 @@ def pipeline_flow(overrides: list[str] | None = None) -> dict[str, Any]:
         previous = None
         for index, stage in enumerate(cfg.pipeline.stages):
             print(f"stage {index + 1}/{len(cfg.pipeline.stages)}: {stage.name}")
-            previous = stage_flow(overrides=overrides, stage_index=index, previous=previous, pipeline_run_id=run_id)
+            mixture = stage.mixture or (previous or {}).get("next_mixture")
+            previous = stage_flow(
+                overrides=overrides, stage_index=index, mixture=mixture, previous=previous, pipeline_run_id=run_id
+            )
             stages.append(previous)
     except BaseException:
         tracker.end_run(run_id, "FAILED")

@@ -33,8 +33,8 @@ def generated_mixture_name(cfg: RunConfig, stage_index: int, upstream_identity: 
 
 
 def stage_mixture(overrides: list[str], stage_index: int, previous: dict[str, Any] | None) -> str:
-    cfg = compose(overrides)
-    declared = cfg.pipeline.stages[stage_index].mixture
+    """The stage's mixture: the one it declares, else the one the previous rebalance wrote."""
+    declared = compose(overrides).pipeline.stages[stage_index].mixture
     if declared is not None:
         return declared
     if previous is None or not previous.get("next_mixture"):
@@ -75,12 +75,18 @@ def publish(cfg: RunConfig, stage_index: int, evals: dict[str, float], diff: str
 def stage_flow(
     overrides: list[str] | None = None,
     stage_index: int = 0,
+    mixture: str | None = None,
     previous: dict[str, Any] | None = None,
     pipeline_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """One stage of a pipeline; `previous` is the previous stage flow's return value."""
+    """One stage of a pipeline; `previous` is the previous stage flow's return value.
+
+    `mixture` names the stage's mixture config; by default the stage's declared one, or the one
+    the previous stage's rebalance wrote.
+    """
     overrides = list(overrides or [])
-    cfg = compose_stage(overrides, stage_index, stage_mixture(overrides, stage_index, previous))
+    mixture = mixture or stage_mixture(overrides, stage_index, previous)
+    cfg = compose_stage(overrides, stage_index, mixture)
     stage = cfg.pipeline.stages[stage_index]
     tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
     stage_run_id = start_config_run(

@@ -197,8 +197,12 @@ def write_mixture(
     if (hand_written_dir / "mixture" / f"{name}.yaml").exists():
         raise ValueError(f"rebalance: mixture {name!r} is a hand-written config in {hand_written_dir}; not overwriting")
     path = generated_dir / "mixture" / f"{name}.yaml"
-    if path.exists() and not path.read_text().startswith(GENERATED_MARK):
-        raise ValueError(f"rebalance: {path} was not written by smollm; not overwriting")
+    if path.exists():
+        existing = path.read_text()
+        if not existing.startswith(GENERATED_MARK):
+            raise ValueError(f"rebalance: {path} was not written by smollm; not overwriting")
+        if yaml.safe_load(existing).get("weights") == proposal.weights:
+            return path  # same decision again: keep the provenance of the run that first made it
     header = [GENERATED_MARK, f"# generated_at: {dt.datetime.now(dt.UTC).isoformat()}"]
     header += [f"# {line}" for line in yaml.safe_dump(dict(provenance), sort_keys=False).splitlines()]
     header += ["# why:"] + [f"#   {line}" for line in proposal.explanation]

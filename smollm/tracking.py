@@ -111,8 +111,9 @@ class MLflowTracker:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._flush_run(run_id)

@@ -214,6 +214,14 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
 
     def run_to_end(self, output: Path) -> dict[str, Any]:
+        import torch
+
+        # Grad mode is thread-local and other libraries flip it (lighteval disables it at import,
+        # in whichever thread imports it first): training states it explicitly.
+        with torch.enable_grad():
+            return self._run_to_end(output)
+
+    def _run_to_end(self, output: Path) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         train, end = self.run.train, self.start_step + self.num_steps

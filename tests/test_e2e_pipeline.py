@@ -24,7 +24,9 @@ def runs(tmp_path_factory):
     from flows.pipeline import pipeline_flow
 
     overrides = tiny_overrides(tmp_path_factory.mktemp("e2e") / "work")
-    with prefect_test_harness(server_startup_timeout=120):
+    from flows.runtime import embedded_settings
+
+    with prefect_test_harness(server_startup_timeout=120), embedded_settings():
         started = time.perf_counter()
         first = pipeline_flow(overrides=overrides)
         first_seconds = time.perf_counter() - started

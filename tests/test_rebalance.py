@@ -96,3 +96,14 @@ def test_written_mixture_has_provenance_and_never_replaces_hand_written(tmp_path
     (gen / "mixture" / "user.yaml").write_text("name: user\n")
     with pytest.raises(ValueError, match="not written by smollm"):
         write_mixture(p, name="user", generated_dir=gen, hand_written_dir=conf, provenance={})
+
+
+def test_same_decision_keeps_the_original_file_and_provenance(tmp_path):
+    p = run(rules(), {"category/math": 0.3})
+    kwargs = {"name": "demo-s2", "generated_dir": tmp_path / "gen", "hand_written_dir": tmp_path / "conf"}
+    path = write_mixture(p, provenance={"mlflow_runs": {"stage": "first"}}, **kwargs)
+    write_mixture(p, provenance={"mlflow_runs": {"stage": "second"}}, **kwargs)
+    assert "first" in path.read_text() and "second" not in path.read_text()
+    other = run(rules(), {"category/math": 0.9})
+    write_mixture(other, provenance={"mlflow_runs": {"stage": "third"}}, **kwargs)
+    assert "third" in path.read_text() and yaml.safe_load(path.read_text())["weights"] == other.weights
