@@ -464,3 +464,14 @@ def test_unknown_heldout_source_fails_before_any_compute(tmp_path: Path) -> None
     with pytest.raises(ValueError, match=r"tasks\[2\].source: 'stdlib_prose' has no held-out data"):
         evaluate_checkpoint(tmp_path / "missing", suite, {"stdlib_code": tmp_path / "x.jsonl"}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_math_cloze_follows_the_worked_solution_format_of_the_training_documents() -> None:
+    from smollm.data.synthetic_math import Problem
+
+    task = EvalTask(name="add1", kind="math_mcq", category="math", num_items=20)
+    for item in build_items(task, seed=0, documents=None):
+        question = item["query"].split("\n")[0].removeprefix("Question: ")
+        a, b = (int(x) for x in question.removesuffix(" = ?").split(" + "))
+        document = Problem(question, a + b, f"{a} + {b} = {a + b}.").document()
+        assert document.startswith(item["query"] + item["choices"][item["gold"]])

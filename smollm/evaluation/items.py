@@ -8,7 +8,7 @@ loads.
     >>> from smollm.evaluation.suite import EvalTask
     >>> task = EvalTask(name="add1", kind="math_mcq", category="math", num_items=2)
     >>> build_items(task, seed=0, documents=None)[0]
-    {'query': 'Question: 4 + 3 = ?\\nAnswer:', 'choices': [' 6', ' 5', ' 11', ' 7'], 'gold': 3}
+    {'query': 'Question: 4 + 3 = ?\\nSolution: 4 + 3 =', 'choices': [' 6', ' 5', ' 11', ' 7'], 'gold': 3}
 """
 
 from __future__ import annotations
@@ -71,14 +71,22 @@ def _mcq(task: EvalTask, question: str, options: list[str], gold: int) -> dict:
 
 
 def _math_question(task: EvalTask, rng: random.Random) -> tuple[str, list[str], int]:
-    """`Question: a + b = ?\\nAnswer:` with the sum and nearby non-negative distractors."""
+    """A sum with nearby non-negative distractors.
+
+    CF is a cloze of the worked solution, as the training documents write it
+    (`Question: a + b = ?\\nSolution: a + b =` -> ` 8`); MCF asks for the lettered answer
+    (`Question: a + b = ?` + options + `Answer:`). Measured on the demo's stage checkpoints, the
+    cloze moves from chance to ~0.65 while an `Answer:` prompt with no worked step stays at chance.
+    """
     problem = addition(rng, task.num_digits)
     answer = problem.answer
     spread = task.num_choices + 1
     nearby = [answer + k for k in range(-spread, spread + 1) if k != 0 and answer + k >= 0]
     values = [answer, *rng.sample(nearby, task.num_choices - 1)]
     rng.shuffle(values)
-    question = f"Question: {problem.question}\nAnswer:"
+    expression = problem.question.removesuffix(" = ?")
+    question = f"Question: {problem.question}\n"
+    question += f"Solution: {expression} =" if task.formulation == "cf" else "Answer:"
     return question, [f" {v}" for v in values], values.index(answer)
 
 

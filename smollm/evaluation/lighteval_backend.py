@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -33,6 +34,16 @@ from smollm.evaluation.suite import EvalSuite
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 MODEL_NAME = "checkpoint"  # lighteval's name for the model in its own output paths
+
+
+def _default_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# lighteval bootstraps corpus metrics' stderr in a forked multiprocessing pool, whose teardown
+# SIGTERMs its workers; a forked worker must not run the parent's handler (Prefect's raises
+# TerminationSignal and prints a traceback per worker).
+os.register_at_fork(after_in_child=_default_sigterm)
 
 
 def evaluate_checkpoint(model_dir: Path, suite: EvalSuite, heldout: Mapping[str, Path], output_dir: Path) -> EvalResult:
