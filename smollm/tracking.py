@@ -169,5 +169,14 @@ class NullTracker:
         return {k: v[-1][1] for k, v in self.runs[run_id]["metrics"].items()}
 
 
+_TRACKERS: dict[tuple[str, str], MLflowTracker] = {}
+
+
 def make_tracker(config: TrackingConfig, workdir: Path) -> Tracker:
-    return MLflowTracker(config, workdir) if config.enabled else NullTracker()
+    """The tracker for a config; one MLflow client per (store, experiment) and process."""
+    if not config.enabled:
+        return NullTracker()
+    key = (tracking_uri(config, workdir), config.experiment)
+    if key not in _TRACKERS:
+        _TRACKERS[key] = MLflowTracker(config, workdir)
+    return _TRACKERS[key]
