@@ -10,6 +10,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the harness logs "Stopping temporary server" at INFO after pytest has closed its capture streams
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def tiny_overrides(workdir) -> list[str]:
@@ -35,9 +37,9 @@ def tiny_overrides(workdir) -> list[str]:
         "train.schedule.warmup_steps=5",
         "train.checkpoint_every_steps=0",
         "train.progress=false",
-        "pipeline.stages.0.train_tokens=25600",
-        "pipeline.stages.1.train_tokens=12800",
-        "pipeline.stages.2.train_tokens=12800",
+        "pipeline.stages.0.train_tokens=76800",
+        "pipeline.stages.1.train_tokens=38400",
+        "pipeline.stages.2.train_tokens=38400",
         "tracking.experiment=smollm-test",
     ]
 

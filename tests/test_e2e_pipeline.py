@@ -33,7 +33,24 @@ def runs(tmp_path_factory):
         started = time.perf_counter()
         second = pipeline_flow(overrides=overrides)
         second_seconds = time.perf_counter() - started
-    return first, first_seconds, second, second_seconds
+        artifacts = read_artifacts()
+    return first, first_seconds, second, second_seconds, artifacts
+
+
+def read_artifacts() -> list[dict]:
+    """All artifacts on the harness server, through its REST API.
+
+    Prefect 3.8.8's client (`read_artifacts`, `Artifact.get`) sends `null` filters that its own
+    server rejects with 422, and empty filter objects exclude flow-level artifacts.
+    """
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    response = httpx.post(
+        f"{PREFECT_API_URL.value()}/artifacts/filter", json={"limit": 200, "offset": 0, "sort": "KEY_ASC"}
+    )
+    response.raise_for_status()
+    return response.json()
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +116,7 @@ def test_the_model_learned(runs):
 
 
 def test_rerun_redoes_nothing_and_is_fast(runs, mlflow_runs):
-    first, first_seconds, second, second_seconds = runs
+    first, first_seconds, second, second_seconds, _ = runs
     _, all_runs = mlflow_runs
     assert all(stage["trained"] for stage in first["stages"])
     assert not any(stage["trained"] for stage in second["stages"])
@@ -114,3 +131,21 @@ def test_rerun_redoes_nothing_and_is_fast(runs, mlflow_runs):
         assert stage_runs[stage["stage_run_id"]].data.tags["smollm.eval_cached"] == "true"
     print(f"first run {first_seconds:.1f}s, re-run {second_seconds:.1f}s")
     assert second_seconds < 0.1 * first_seconds
+
+
+def test_each_stage_publishes_its_evals_and_mixture_diff_as_prefect_artifacts(runs):
+    artifacts = runs[4]
+    by_key = {a["key"]: a for a in artifacts}
+    for stage in ("stage1", "stage2", "stage3"):
+        table = by_key[f"demo-{stage}-evals"]
+        assert table["type"] == "table"
+        assert {"knowledge", "math", "code"} <= {row["category"] for row in _rows(table["data"])}
+    for stage in ("stage1", "stage2"):
+        diff = by_key[f"demo-{stage}-mixture-diff"]
+        assert diff["type"] == "markdown" and "synthetic_math:" in diff["data"]
+
+
+def _rows(data):
+    import json
+
+    return json.loads(data) if isinstance(data, str) else data

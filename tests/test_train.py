@@ -58,3 +58,52 @@ def test_missing_previous_checkpoint_is_a_clear_error(built, tmp_path):
     ghost = StepResult(tmp_path / "nope", "0" * 64, False)
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         stage.train(cfg, cfg.pipeline.stages[1], sources, tokenizer, ghost)
+
+
+def test_interrupted_stage_resumes_from_its_last_checkpoint_with_identical_losses(built, tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    from smollm.train import StageRun, Trainer
+
+    cfg, tokenizer, sources = built
+    train = dataclasses.replace(cfg.train, checkpoint_every_steps=4)
+    stage = dataclasses.replace(cfg.pipeline.stages[0], train_tokens=14 * train.tokens_per_step)
+
+    def stage_run(resume_dir):
+        return StageRun(
+            model=cfg.model,
+            train=train,
+            stage=stage,
+            mixture=cfg.mixture,
+            sources={n: r.output for n, r in sources.items()},
+            tokenizer_dir=tokenizer.output,
+            resume_dir=resume_dir,
+        )
+
+    def losses(folder):
+        return [json.loads(line)["loss"] for line in (folder / "losses.jsonl").read_text().splitlines()]
+
+    for name in ("reference", "crashed", "resumed"):
+        (tmp_path / name).mkdir()
+    Trainer(stage_run(None)).run_to_end(tmp_path / "reference")
+
+    original = Trainer.train_step
+
+    def killed_at_step_10(self):
+        if self.step == 10:
+            raise KeyboardInterrupt("killed")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", killed_at_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(stage_run(tmp_path / "resume")).run_to_end(tmp_path / "crashed")
+    monkeypatch.undo()
+
+    resumed = Trainer(stage_run(tmp_path / "resume"))
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "step-8"
+    assert resumed.step == 8
+    resumed.run_to_end(tmp_path / "resumed")
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "reference")  # bit-identical
+    assert len(losses(tmp_path / "resumed")) == 14
