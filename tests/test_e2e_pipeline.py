@@ -30,11 +30,13 @@ def runs(tmp_path_factory):
         started = time.perf_counter()
         first = pipeline_flow(overrides=overrides)
         first_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        second = pipeline_flow(overrides=overrides)
-        second_seconds = time.perf_counter() - started
+        reruns, rerun_seconds = [], []
+        for _ in range(3):  # wall time on 2 shared cores is noisy: judge the median re-run
+            started = time.perf_counter()
+            reruns.append(pipeline_flow(overrides=overrides))
+            rerun_seconds.append(time.perf_counter() - started)
         artifacts = read_artifacts()
-    return first, first_seconds, second, second_seconds, artifacts
+    return first, first_seconds, reruns, sorted(rerun_seconds)[1], artifacts
 
 
 def read_artifacts() -> list[dict]:
@@ -116,21 +118,22 @@ def test_the_model_learned(runs):
 
 
 def test_rerun_redoes_nothing_and_is_fast(runs, mlflow_runs):
-    first, first_seconds, second, second_seconds, _ = runs
+    first, first_seconds, reruns, median_rerun_seconds, _ = runs
     _, all_runs = mlflow_runs
     assert all(stage["trained"] for stage in first["stages"])
-    assert not any(stage["trained"] for stage in second["stages"])
     # data is built once: by stage 1 of the first run, never again
     assert set(first["stages"][0]["data_built"]) == {"tokenizer", "stdlib_prose", "stdlib_code", "synthetic_math"}
     assert [s["data_built"] for s in first["stages"][1:]] == [[], []]
-    assert [s["data_built"] for s in second["stages"]] == [[], [], []]
-    assert [s["checkpoint"] for s in second["stages"]] == [s["checkpoint"] for s in first["stages"]]
-    assert [s["evals"] for s in second["stages"]] == [s["evals"] for s in first["stages"]]
     stage_runs = {r.info.run_id: r for r in all_runs}
-    for stage in second["stages"]:
-        assert stage_runs[stage["stage_run_id"]].data.tags["smollm.eval_cached"] == "true"
-    print(f"first run {first_seconds:.1f}s, re-run {second_seconds:.1f}s")
-    assert second_seconds < 0.1 * first_seconds
+    for second in reruns:
+        assert not any(stage["trained"] for stage in second["stages"])
+        assert [s["data_built"] for s in second["stages"]] == [[], [], []]
+        assert [s["checkpoint"] for s in second["stages"]] == [s["checkpoint"] for s in first["stages"]]
+        assert [s["evals"] for s in second["stages"]] == [s["evals"] for s in first["stages"]]
+        for stage in second["stages"]:
+            assert stage_runs[stage["stage_run_id"]].data.tags["smollm.eval_cached"] == "true"
+    print(f"first run {first_seconds:.1f}s, median re-run {median_rerun_seconds:.1f}s")
+    assert median_rerun_seconds < 0.1 * first_seconds
 
 
 def test_each_stage_publishes_its_evals_and_mixture_diff_as_prefect_artifacts(runs):
