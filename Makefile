@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_TELEMETRY := false
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format clean
 
 install: $(VENV)/.installed
 
@@ -27,19 +27,16 @@ demo: install
 	$(BIN)/smollm run pipeline=demo
 
 lint: install
-	$(BIN)/ruff check smollm tasks flows tests bench
-	$(BIN)/ruff format --check smollm tasks flows tests bench
+	$(BIN)/ruff check smollm tasks flows tests
+	$(BIN)/ruff format --check smollm tasks flows tests
 	$(BIN)/mypy smollm
 
 format: install
-	$(BIN)/ruff check --fix smollm tasks flows tests bench
-	$(BIN)/ruff format smollm tasks flows tests bench
+	$(BIN)/ruff check --fix smollm tasks flows tests
+	$(BIN)/ruff format smollm tasks flows tests
 
 test: install lint
 	$(PY) -m pytest -m "not gpu" -q
-
-bench: install
-	$(PY) -m bench.run
 
 clean:
 	rm -rf work .pytest_cache .ruff_cache .mypy_cache

@@ -1,6 +1,7 @@
 """The stage flow: build data -> train (from the previous stage) -> evaluate -> rebalance.
 
-Run one stage on its own (its mixture must exist: the first stage, or a generated one):
+Run the first stage on its own (later stages run inside the pipeline flow, which hands each
+one the previous stage's checkpoint and generated mixture):
 
     python -m flows.stage --stage-index 0 pipeline=demo
 """
@@ -85,6 +86,8 @@ def stage_flow(
     the previous stage's rebalance wrote.
     """
     overrides = list(overrides or [])
+    if stage_index > 0 and previous is None:
+        raise ValueError(f"previous: stage_index={stage_index} continues from the previous stage's result, got None")
     mixture = mixture or stage_mixture(overrides, stage_index, previous)
     cfg = compose_stage(overrides, stage_index, mixture)
     stage = cfg.pipeline.stages[stage_index]
