@@ -1,0 +1,41 @@
+"""Flow wiring that needs no compute: override handling, CLI errors, stage preconditions."""
+
+import json
+
+import pytest
+
+from flows.cli import main
+from flows.compose import normalise_override
+from flows.stage import stage_flow
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.seed=3", "++train.seed=3"),
+        ("model=smollm2_135m", "model=smollm2_135m"),
+        ("+train.extra=1", "+train.extra=1"),
+        ("~eval", "~eval"),
+        ("workdir=/tmp/x", "workdir=/tmp/x"),
+    ],
+)
+def test_dotted_overrides_may_set_any_schema_field(override, expected):
+    assert normalise_override(override) == expected
+
+
+def test_config_command_prints_the_resolved_config(tmp_path, capsys):
+    assert main(["config", f"workdir={tmp_path}", "train.seed=7"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["train"]["seed"] == 7 and config["workdir"] == str(tmp_path)
+
+
+def test_unknown_config_choice_is_one_line(tmp_path, capsys):
+    assert main(["config", f"workdir={tmp_path}", "model=nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nope" in err and "\n" not in err
+
+
+def test_a_later_stage_needs_its_predecessor(tmp_path):
+    with pytest.raises(ValueError, match="previous: stage_index=1 continues from the previous stage"):
+        stage_flow.fn(overrides=[f"workdir={tmp_path}"], stage_index=1)
+    assert not (tmp_path / "mlflow.db").exists()
