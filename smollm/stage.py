@@ -8,6 +8,7 @@ Each function declares its `Step` (config slice + upstream identities + code) an
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,8 @@ def train(
     from smollm.train import StageRun, train_stage
 
     step = train_step(cfg, stage, sources, tokenizer, previous)
+    output = step.output_dir(workdir(cfg))
+    resume_dir = output.with_name(f".resume-{output.name}")
     run = StageRun(
         model=cfg.model,
         train=cfg.train,
@@ -139,9 +142,10 @@ def train(
         sources={name: result.output for name, result in sources.items()},
         tokenizer_dir=tokenizer.output,
         init_checkpoint=previous.output if previous else None,
-        resume_dir=step.output_dir(workdir(cfg)).with_name(f".resume-{step.output_dir(workdir(cfg)).name}"),
+        resume_dir=resume_dir,
     )
     result = run_step(step, workdir(cfg), lambda out: train_stage(run, out, tracker, run_id))
+    shutil.rmtree(resume_dir, ignore_errors=True)  # the committed checkpoint supersedes it
     summary = json.loads((result.output / "summary.json").read_text())
     return TrainOutcome(result, summary)
 

@@ -11,8 +11,14 @@ from smollm.train import load_checkpoint
 def test_stage_trains_checkpoints_and_the_next_stage_continues(built):
     cfg, tokenizer, sources = built
     first_stage, second_stage = cfg.pipeline.stages[0], cfg.pipeline.stages[2]
-    first = stage.train(cfg, first_stage, sources, tokenizer, None)
+    checkpointing = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every_steps=50))
+    first = stage.train(checkpointing, first_stage, sources, tokenizer, None)
     s1 = first.summary
+    assert (
+        first.step.computed
+        and first.step.identity == stage.train_step(cfg, first_stage, sources, tokenizer, None).identity
+    )
+    assert not list(first.step.output.parent.glob(".resume-*"))  # superseded by the committed checkpoint
     steps = first_stage.train_tokens // cfg.train.tokens_per_step
     assert (s1["start_step"], s1["end_step"], s1["tokens_seen"]) == (0, steps, steps * cfg.train.tokens_per_step)
     assert s1["last_loss"] < s1["first_loss"] - 0.5
