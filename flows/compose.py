@@ -9,6 +9,9 @@ put on Hydra's search path, so `mixture=<generated name>` composes like a hand-w
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,13 +45,32 @@ def normalise_override(override: str) -> str:
 
 
 def compose_dict(overrides: Sequence[str] = (), config_name: str = "config") -> dict:
-    """The composed config as a plain, resolved dict."""
+    """The composed config as a plain, resolved dict (a fresh copy on every call)."""
+    search = generated_dir(_workdir_of(overrides))
+    search.mkdir(parents=True, exist_ok=True)
+    key = (tuple(overrides), config_name, _files_fingerprint(CONF_DIR, search), os.environ.get("SMOLLM_WORKDIR"))
+    return json.loads(_compose_json(*key, search=search))
+
+
+def _files_fingerprint(*roots: Path) -> str:
+    """Path, mtime and size of every YAML file the composition can read."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*.yaml")):
+            stat = path.stat()
+            digest.update(f"{path}:{stat.st_mtime_ns}:{stat.st_size}".encode())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=128)
+def _compose_json(
+    overrides: tuple[str, ...], config_name: str, fingerprint: str, env_workdir: str | None, *, search: Path
+) -> str:
+    """Hydra composition, memoised on everything it depends on (~0.3 s per call otherwise)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    search = generated_dir(_workdir_of(overrides))
-    search.mkdir(parents=True, exist_ok=True)
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = hydra_compose(
             config_name=config_name,
@@ -58,7 +80,7 @@ def compose_dict(overrides: Sequence[str] = (), config_name: str = "config") -> 
     assert isinstance(data, dict)
     data.pop("hydra", None)
     data["workdir"] = str(Path(data["workdir"]).resolve())
-    return data
+    return json.dumps(data)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> RunConfig:

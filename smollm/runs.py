@@ -1,8 +1,9 @@
 """Steps with their MLflow record: each function is what one Prefect task calls.
 
-A cached step still gets a complete record in the current pipeline's runs (its losses and
-evaluations are replayed from the step output, tagged `smollm.cached=true`), so every pipeline
-run in MLflow is whole and rebalancing can read the stage's evaluations back from MLflow.
+A cached step still gets a record in the current pipeline's runs, tagged `smollm.cached=true`:
+a cached training run carries the summary metrics and a `smollm.trained_in_run` tag naming the
+run that holds its per-step curves; a cached evaluation is logged again on the stage run, so
+rebalancing always reads the stage's evaluations back from MLflow.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def tracked_train(
     )
     try:
         outcome = train(cfg, stage, sources, tokenizer, previous, tracker, run_id)
-        if not outcome.step.computed:
-            replay_losses(tracker, run_id, outcome.step.output / "losses.jsonl", outcome.summary["start_step"])
         summary = outcome.summary
+        if not outcome.step.computed:  # the per-step curves live in the run that trained it
+            tracker.set_tags(run_id, {"smollm.trained_in_run": str(summary.get("mlflow_run_id"))})
         tracker.log_metrics(
             run_id,
             {
@@ -85,14 +86,6 @@ def tracked_train(
         raise
     tracker.end_run(run_id)
     return outcome
-
-
-def replay_losses(tracker: Tracker, run_id: str, losses: Path, start_step: int) -> None:
-    for line in losses.read_text().splitlines():
-        record = json.loads(line)
-        if record["step"] > start_step:
-            metrics = {f"train/{k}": record[k] for k in ("loss", "lr", "grad_norm")}
-            tracker.log_metrics(run_id, metrics, step=int(record["tokens"]))
 
 
 def tracked_evaluate(

@@ -271,6 +271,7 @@ class Trainer:
             "final_lr": self.losses[-1]["lr"] if self.losses else None,
             "skipped_steps": self.skipped_steps,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "mlflow_run_id": self.run_id,
             "optimizer_state_loaded": self.run.init_checkpoint is not None,
             "seconds": elapsed,
             "tokens_per_second": (self.step - self.start_step) * self.run.train.tokens_per_step / max(elapsed, 1e-9),

@@ -130,8 +130,12 @@ def test_rerun_redoes_nothing_and_is_fast(runs, mlflow_runs):
         assert [s["data_built"] for s in second["stages"]] == [[], [], []]
         assert [s["checkpoint"] for s in second["stages"]] == [s["checkpoint"] for s in first["stages"]]
         assert [s["evals"] for s in second["stages"]] == [s["evals"] for s in first["stages"]]
-        for stage in second["stages"]:
+        for stage, original in zip(second["stages"], first["stages"], strict=True):
             assert stage_runs[stage["stage_run_id"]].data.tags["smollm.eval_cached"] == "true"
+            train_run = next(r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == stage["stage_run_id"])
+            assert train_run.data.tags["smollm.cached"] == "true"
+            trained_in = stage_runs[train_run.data.tags["smollm.trained_in_run"]]
+            assert trained_in.data.tags["mlflow.parentRunId"] == original["stage_run_id"]
     print(f"first run {first_seconds:.1f}s, median re-run {median_rerun_seconds:.1f}s")
     assert median_rerun_seconds < 0.1 * first_seconds
 

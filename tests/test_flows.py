@@ -39,3 +39,19 @@ def test_a_later_stage_needs_its_predecessor(tmp_path):
     with pytest.raises(ValueError, match="previous: stage_index=1 continues from the previous stage"):
         stage_flow.fn(overrides=[f"workdir={tmp_path}"], stage_index=1)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_composition_is_memoised_but_sees_edited_and_new_config_files(tmp_path):
+    from flows.compose import compose, generated_dir
+
+    overrides = [f"workdir={tmp_path}", "mixture=later"]
+    mixture_dir = generated_dir(tmp_path) / "mixture"
+    mixture_dir.mkdir(parents=True)
+    path = mixture_dir / "later.yaml"
+    path.write_text("name: later\nweights: {stdlib_prose: 1.0}\n")
+    assert compose(overrides).mixture.weights == {"stdlib_prose": 1.0}
+    path.write_text("name: later\nweights: {stdlib_prose: 0.5, synthetic_math: 0.5}\n")
+    assert compose(overrides).mixture.weights == {"stdlib_prose": 0.5, "synthetic_math": 0.5}
+    first = compose([f"workdir={tmp_path}"])
+    second = compose([f"workdir={tmp_path}"])
+    assert first == second and first is not second
