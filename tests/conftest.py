@@ -37,9 +37,9 @@ def tiny_overrides(workdir) -> list[str]:
         "train.schedule.warmup_steps=5",
         "train.checkpoint_every_steps=0",
         "train.progress=false",
-        "pipeline.stages.0.train_tokens=76800",
-        "pipeline.stages.1.train_tokens=38400",
-        "pipeline.stages.2.train_tokens=38400",
+        "pipeline.stages.0.train_tokens=409600",
+        "pipeline.stages.1.train_tokens=204800",
+        "pipeline.stages.2.train_tokens=204800",
         "tracking.experiment=smollm-test",
     ]
 
