@@ -88,6 +88,8 @@ class SourceConfig:
     path: str | None = None
     """For `hf`: a hub id, a local `save_to_disk` directory, or a packaged builder (parquet, json)."""
     subset: str | None = None
+    data_dir: str | None = None
+    """A folder inside the dataset (e.g. a language of `bigcode/starcoderdata`)."""
     data_files: str | None = None
     split: str = "train"
     text_field: str = "text"

@@ -25,6 +25,7 @@ SOURCE_CONTENT_FIELDS = (
     "builtin",
     "path",
     "subset",
+    "data_dir",
     "data_files",
     "split",
     "text_field",

@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from smollm import stage
 from smollm.config import SourceConfig
@@ -74,3 +75,22 @@ def test_hf_loader_reads_local_files_with_the_same_code_path(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows))
     source = SourceConfig(name="local", loader="hf", path="json", data_files=str(path), heldout_docs=1)
     assert list(iter_documents(source)) == [r["text"] for r in rows]
+
+
+def test_hf_loader_reads_one_folder_of_a_dataset_like_starcoderdata_languages(tmp_path):
+    for language, rows in (("python", ["def f():\n    pass\n"]), ("rust", ["fn main() {}\n"])):
+        folder = tmp_path / "starcoderdata" / language
+        folder.mkdir(parents=True)
+        (folder / "train-00000.jsonl").write_text("\n".join(json.dumps({"content": r, "id": "x"}) for r in rows))
+    source = SourceConfig(
+        name="sc_py",
+        loader="hf",
+        path="json",
+        data_dir=str(tmp_path / "starcoderdata" / "python"),
+        text_field="content",
+        streaming=False,
+    )
+    assert list(iter_documents(source)) == ["def f():\n    pass\n"]
+    wrong = dataclasses.replace(source, text_field="text")
+    with pytest.raises(ValueError, match=r"data.sources.sc_py.text_field: 'text' is not a column"):
+        list(iter_documents(wrong))

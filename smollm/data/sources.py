@@ -92,6 +92,7 @@ def hf_documents(source: SourceConfig) -> Iterator[str]:
         dataset = datasets.load_dataset(
             source.path,
             name=source.subset,
+            data_dir=source.data_dir,
             data_files=source.data_files,
             split=source.split,
             streaming=source.streaming,
