@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.compose import compose
-from flows.stage import stage_flow
+from flows.stage import choose_mixture, stage_flow
 from smollm.runs import start_config_run
 from smollm.tracking import make_tracker, tracking_uri
 
@@ -35,7 +35,7 @@ def pipeline_flow(overrides: list[str] | None = None) -> dict[str, Any]:
         previous = None
         for index, stage in enumerate(cfg.pipeline.stages):
             print(f"stage {index + 1}/{len(cfg.pipeline.stages)}: {stage.name}")
-            mixture = stage.mixture or (previous or {}).get("next_mixture")
+            mixture = choose_mixture(stage.mixture, index, previous)
             previous = stage_flow(
                 overrides=overrides, stage_index=index, mixture=mixture, previous=previous, pipeline_run_id=run_id
             )

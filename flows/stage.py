@@ -33,9 +33,8 @@ def generated_mixture_name(cfg: RunConfig, stage_index: int, upstream_identity: 
     return f"{cfg.pipeline.name}-{next_stage.name}-{upstream_identity[:8]}"
 
 
-def stage_mixture(overrides: list[str], stage_index: int, previous: dict[str, Any] | None) -> str:
-    """The stage's mixture: the one it declares, else the one the previous rebalance wrote."""
-    declared = compose(overrides).pipeline.stages[stage_index].mixture
+def choose_mixture(declared: str | None, stage_index: int, previous: dict[str, Any] | None) -> str:
+    """The stage's mixture: the one it declares, else the one the previous stage's rebalance wrote."""
     if declared is not None:
         return declared
     if previous is None or not previous.get("next_mixture"):
@@ -88,7 +87,8 @@ def stage_flow(
     overrides = list(overrides or [])
     if stage_index > 0 and previous is None:
         raise ValueError(f"previous: stage_index={stage_index} continues from the previous stage's result, got None")
-    mixture = mixture or stage_mixture(overrides, stage_index, previous)
+    if mixture is None:
+        mixture = choose_mixture(compose(overrides).pipeline.stages[stage_index].mixture, stage_index, previous)
     cfg = compose_stage(overrides, stage_index, mixture)
     stage = cfg.pipeline.stages[stage_index]
     tracker = make_tracker(cfg.tracking, Path(cfg.workdir))

@@ -55,3 +55,12 @@ def test_composition_is_memoised_but_sees_edited_and_new_config_files(tmp_path):
     first = compose([f"workdir={tmp_path}"])
     second = compose([f"workdir={tmp_path}"])
     assert first == second and first is not second
+
+
+def test_a_stage_uses_its_declared_mixture_else_the_previous_rebalance():
+    from flows.stage import choose_mixture
+
+    assert choose_mixture("demo_stage1", 0, None) == "demo_stage1"
+    assert choose_mixture(None, 1, {"next_mixture": "demo-stage2-ab12"}) == "demo-stage2-ab12"
+    with pytest.raises(ValueError, match=r"pipeline.stages\[1\].mixture: is null"):
+        choose_mixture(None, 1, {"next_mixture": None})
