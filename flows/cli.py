@@ -2,6 +2,8 @@
 
 smollm run pipeline=demo train.seed=3     run a pipeline end to end (Prefect, ephemeral mode)
 smollm config model=smollm2_1.7b          compose + validate, print the resolved config
+smollm plan pipeline=smollm2_1.7b [--json] the steps, identities, tokens, epochs, FLOPs, GPU-hours
+                                          (exit 1 when a source would pass its epoch cap)
 """
 
 from __future__ import annotations
@@ -37,17 +39,41 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def print_plan(overrides: list[str], *, as_json: bool) -> int:
+    from flows.plan import make_plan
+    from smollm.plan import format_plan
+
+    plan = make_plan(overrides)
+    print(plan.to_json() if as_json else format_plan(plan))
+    for error in plan.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if plan.errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="smollm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("run", "run a pipeline end to end"), ("config", "print the resolved config")):
+    commands = (
+        ("run", "run a pipeline end to end"),
+        ("config", "print the resolved config"),
+        ("plan", "print what a pipeline would run and cost, computing nothing"),
+    )
+    for name, text in commands:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. pipeline=demo train.seed=3")
+        if name == "plan":
+            cmd.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
     try:
         cfg = compose(args.overrides)
+        if args.command == "plan":
+            return print_plan(args.overrides, as_json=args.json)
+        if args.command == "run":
+            from flows.plan import preflight
+
+            preflight(args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,8 @@
 
 The generated-config folder (`<workdir>/generated_conf`, where rebalancing writes mixtures) is
 put on Hydra's search path, so `mixture=<generated name>` composes like a hand-written one.
+A mixture may `include` other mixtures at a share (e.g. 60% of the stage-4 mixture); they are
+flattened here into plain weights. A stage's `overrides` are composed into that stage's config.
 
     >>> from flows.compose import compose
     >>> cfg = compose(["pipeline=demo", "train.seed=3"])
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smollm.config import RunConfig, load_run_config
+from smollm.schema import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -62,25 +65,66 @@ def _files_fingerprint(*roots: Path) -> str:
     return digest.hexdigest()
 
 
+def _initialise_hydra() -> None:
+    """Initialise Hydra on `conf/` once per process (re-initialising costs ~0.15 s per compose)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance()
+    if hydra.is_initialized():
+        if any(source.path == f"file://{CONF_DIR}" for source in hydra.config_loader().get_sources()):
+            return
+        hydra.clear()
+    initialize_config_dir(config_dir=str(CONF_DIR))
+
+
 @functools.lru_cache(maxsize=128)
 def _compose_json(
     overrides: tuple[str, ...], config_name: str, fingerprint: str, env_workdir: str | None, *, search: Path
 ) -> str:
     """Hydra composition, memoised on everything it depends on (~0.3 s per call otherwise)."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = hydra_compose(
-            config_name=config_name,
-            overrides=[*map(normalise_override, overrides), f"hydra.searchpath=[file://{search}]"],
-        )
+    _initialise_hydra()
+    cfg = hydra_compose(
+        config_name=config_name,
+        overrides=[*map(normalise_override, overrides), f"hydra.searchpath=[file://{search}]"],
+    )
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     data.pop("hydra", None)
     data["workdir"] = str(Path(data["workdir"]).resolve())
+    if isinstance(data.get("mixture"), dict):
+        data["mixture"] = flatten_mixture(data["mixture"], (CONF_DIR / "mixture", search / "mixture"))
     return json.dumps(data)
+
+
+def flatten_mixture(mixture: dict, folders: Sequence[Path], seen: tuple[str, ...] = ()) -> dict:
+    """`weights` plus every `include`d mixture's weights times its share, as one weights dict."""
+    include = mixture.pop("include", None) or {}
+    weights = dict(mixture.get("weights") or {})
+    name = mixture.get("name", "?")
+    for other, share in include.items():
+        if other in (*seen, name):
+            raise ConfigError(f"mixture.include.{other}: includes itself (via {' -> '.join((*seen, name))})")
+        path = next((folder / f"{other}.yaml" for folder in folders if (folder / f"{other}.yaml").is_file()), None)
+        if path is None:
+            raise ConfigError(f"mixture.include.{other}: no mixture of that name in {[str(f) for f in folders]}")
+        if not isinstance(share, int | float) or not 0 < share <= 1:
+            raise ConfigError(f"mixture.include.{other}: share must be in (0, 1], got {share!r}")
+        included = flatten_mixture(_read_yaml(path), folders, (*seen, name))
+        for source, weight in included["weights"].items():
+            weights[source] = round(weights.get(source, 0.0) + share * weight, 12)
+    return {**mixture, "weights": weights}
+
+
+def _read_yaml(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(data, dict)
+    return data
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> RunConfig:
@@ -89,8 +133,23 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> RunCo
 
 
 def compose_stage(overrides: Sequence[str], stage_index: int, mixture: str) -> RunConfig:
-    """The config of one pipeline stage: the user's overrides plus that stage's mixture."""
-    cfg = compose([*overrides, f"mixture={mixture}"])
-    if not 0 <= stage_index < len(cfg.pipeline.stages):
-        raise ValueError(f"stage_index: must be in [0, {len(cfg.pipeline.stages)}), got {stage_index}")
-    return cfg
+    """The config of one pipeline stage: the user's overrides, the stage's own, its mixture."""
+    pipeline = compose(overrides).pipeline
+    if not 0 <= stage_index < len(pipeline.stages):
+        raise ValueError(f"stage_index: must be in [0, {len(pipeline.stages)}), got {stage_index}")
+    stage = pipeline.stages[stage_index]
+    try:
+        return compose([*overrides, *stage.overrides, f"mixture={mixture}"])
+    except ConfigError as err:
+        raise ConfigError(f"pipeline.stages.{stage.name} (with its overrides): {err}") from None
+
+
+def compose_pipeline(overrides: Sequence[str] = ()) -> list[RunConfig]:
+    """Every stage's config, validated up front; a stage whose mixture a rebalance will write is
+    composed with the mixture before it (the estimate; the real one exists once that ran)."""
+    stages = compose(overrides).pipeline.stages
+    configs: list[RunConfig] = []
+    for index, stage in enumerate(stages):
+        mixture = stage.mixture or configs[index - 1].mixture.name
+        configs.append(compose_stage(overrides, index, mixture))
+    return configs

@@ -3,7 +3,8 @@
     python -m flows.pipeline pipeline=demo train.seed=3      # or: smollm run pipeline=demo
 
 Stage k+1 composes the mixture file that stage k's rebalance wrote, trains from stage k's
-checkpoint, and so on. Completed steps are skipped, so a re-run only re-reads and re-logs.
+checkpoint (or, with `init_from`/`init_at_tokens`, from an earlier stage's, at a point inside
+it), and so on. Completed steps are skipped, so a re-run only re-reads and re-logs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.compose import compose
-from flows.stage import choose_mixture, stage_flow
+from flows.plan import preflight
+from flows.stage import choose_mixture, stage_flow, start_point
 from smollm.runs import start_config_run
 from smollm.tracking import make_tracker, tracking_uri
 
@@ -25,21 +27,31 @@ from smollm.tracking import make_tracker, tracking_uri
 def pipeline_flow(overrides: list[str] | None = None) -> dict[str, Any]:
     """Run every stage of the composed pipeline; returns each stage flow's result."""
     overrides = list(overrides or [])
-    cfg = compose(overrides)  # validates everything before any compute
+    plan = preflight(overrides)  # every stage's config valid, no source past its epoch cap
+    for warning in plan.warnings:
+        print(f"warning: {warning}")
+    cfg = compose(overrides)
     tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
     run_id = start_config_run(
         tracker, cfg, f"pipeline/{cfg.pipeline.name}", "pipeline", parent_run_id=None, flow_run_id=flow_run.id
     )
     stages: list[dict[str, Any]] = []
     try:
-        previous = None
         for index, stage in enumerate(cfg.pipeline.stages):
             print(f"stage {index + 1}/{len(cfg.pipeline.stages)}: {stage.name}")
+            previous = stages[-1] if stages else None
+            parent = cfg.pipeline.parent(index)
+            start = None if parent is None else start_point(stages[parent], stage.init_at_tokens)
             mixture = choose_mixture(stage.mixture, index, previous)
-            previous = stage_flow(
-                overrides=overrides, stage_index=index, mixture=mixture, previous=previous, pipeline_run_id=run_id
+            result = stage_flow(
+                overrides=overrides,
+                stage_index=index,
+                mixture=mixture,
+                previous=previous,
+                pipeline_run_id=run_id,
+                start=start,
             )
-            stages.append(previous)
+            stages.append(result)
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise

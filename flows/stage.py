@@ -1,4 +1,4 @@
-"""The stage flow: build data -> train (from the previous stage) -> evaluate -> rebalance.
+"""The stage flow: build data -> train (from the previous stage, or a branch point) -> evaluate -> rebalance.
 
 Run the first stage on its own (later stages run inside the pipeline flow, which hands each
 one the previous stage's checkpoint and generated mixture):
@@ -9,6 +9,7 @@ one the previous stage's checkpoint and generated mixture):
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +19,15 @@ from prefect.runtime import flow_run
 
 from flows.compose import CONF_DIR, compose, compose_stage, generated_dir
 from smollm.config import RunConfig
+from smollm.rebalance import generated_mixture_name
 from smollm.runs import start_config_run
+from smollm.stage import needed_sources
 from smollm.steps import StepResult
 from smollm.tracking import make_tracker
 from tasks.data import build_source, build_tokenizer
 from tasks.evaluate import evaluate
 from tasks.rebalance import rebalance
 from tasks.train import train_stage
-
-
-def generated_mixture_name(cfg: RunConfig, stage_index: int, upstream_identity: str) -> str:
-    """Name of the mixture the rebalance after `stage_index` writes for the next stage."""
-    next_stage = cfg.pipeline.stages[stage_index + 1]
-    return f"{cfg.pipeline.name}-{next_stage.name}-{upstream_identity[:8]}"
 
 
 def choose_mixture(declared: str | None, stage_index: int, previous: dict[str, Any] | None) -> str:
@@ -45,10 +42,45 @@ def choose_mixture(declared: str | None, stage_index: int, previous: dict[str, A
     return previous["next_mixture"]
 
 
+def start_point(result: dict[str, Any], at_tokens: int | None = None) -> dict[str, Any]:
+    """What a stage starts from: stage `result` (a stage flow's return value), at its end or
+    `at_tokens` into it (then the prefix is trained from the same start as that stage)."""
+    return {
+        "stage_index": result["stage_index"],
+        "mixture": result["mixture"],
+        "checkpoint": result["checkpoint"],
+        "identity": result["identity"],
+        "init": result["init"],
+        "at_tokens": at_tokens,
+    }
+
+
+def _checkpoint(start: dict[str, Any] | None) -> StepResult | None:
+    return StepResult(Path(start["checkpoint"]), start["identity"], False) if start else None
+
+
+def resolve_start(overrides: list[str], start: dict[str, Any] | None, stage_run_id: str) -> StepResult | None:
+    """The checkpoint a stage trains from; a branch point inside a stage is trained (once) here."""
+    if start is None or start.get("at_tokens") is None:
+        return _checkpoint(start)
+    index = start["stage_index"]
+    cfg = compose_stage(overrides, index, start["mixture"])
+    tokenizer, sources = build_data(cfg)
+    prefix = train_stage(
+        cfg, index, sources, tokenizer, _checkpoint(start["init"]), stage_run_id, stop_at_tokens=start["at_tokens"]
+    )
+    return prefix.step
+
+
 def build_data(cfg: RunConfig) -> tuple[StepResult, dict[str, StepResult]]:
     tokenizer = build_tokenizer(cfg)
-    futures = {name: build_source.submit(cfg, name, tokenizer) for name in sorted(cfg.data.sources)}
+    futures = {name: build_source.submit(cfg, name, tokenizer) for name in needed_sources(cfg)}
     return tokenizer, {name: future.result() for name, future in futures.items()}
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow only lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())
 
 
 def publish(cfg: RunConfig, stage_index: int, evals: dict[str, float], diff: str | None) -> None:
@@ -59,13 +91,13 @@ def publish(cfg: RunConfig, stage_index: int, evals: dict[str, float], diff: str
         if k.startswith("eval/category/")
     ]
     create_table_artifact(
-        key=f"{cfg.pipeline.name}-{stage.name}-evals".lower(),
+        key=artifact_key(cfg.pipeline.name, stage.name, "evals"),
         table=rows,
         description=f"Evaluations per category after {stage.name}",
     )
     if diff is not None:
         create_markdown_artifact(
-            key=f"{cfg.pipeline.name}-{stage.name}-mixture-diff".lower(),
+            key=artifact_key(cfg.pipeline.name, stage.name, "mixture-diff"),
             markdown=f"### Next mixture after {stage.name}\n\n```\n{diff}\n```",
             description="Rebalanced mixture vs. the current one",
         )
@@ -78,15 +110,19 @@ def stage_flow(
     mixture: str | None = None,
     previous: dict[str, Any] | None = None,
     pipeline_run_id: str | None = None,
+    start: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One stage of a pipeline; `previous` is the previous stage flow's return value.
 
     `mixture` names the stage's mixture config; by default the stage's declared one, or the one
-    the previous stage's rebalance wrote.
+    the previous stage's rebalance wrote. `start` (see `start_point`) is where training starts;
+    by default the end of `previous`.
     """
     overrides = list(overrides or [])
     if stage_index > 0 and previous is None:
         raise ValueError(f"previous: stage_index={stage_index} continues from the previous stage's result, got None")
+    if start is None and previous is not None:
+        start = start_point(previous)
     if mixture is None:
         mixture = choose_mixture(compose(overrides).pipeline.stages[stage_index].mixture, stage_index, previous)
     cfg = compose_stage(overrides, stage_index, mixture)
@@ -97,8 +133,8 @@ def stage_flow(
     )
     try:
         tokenizer, sources = build_data(cfg)
-        prev_ckpt = StepResult(Path(previous["checkpoint"]), previous["identity"], False) if previous else None
-        outcome = train_stage(cfg, stage_index, sources, tokenizer, prev_ckpt, stage_run_id)
+        init = resolve_start(overrides, start, stage_run_id)
+        outcome = train_stage(cfg, stage_index, sources, tokenizer, init, stage_run_id)
         tokens = outcome.summary["tokens_seen"]
         evals = evaluate(cfg, outcome.step, sources, stage_run_id, tokens)
         next_mixture, diff = None, None
@@ -124,6 +160,8 @@ def stage_flow(
     tracker.end_run(stage_run_id)
     return {
         "stage": stage.name,
+        "stage_index": stage_index,
+        "init": None if init is None else {"checkpoint": str(init.output), "identity": init.identity},
         "checkpoint": str(outcome.step.output),
         "identity": outcome.step.identity,
         "trained": outcome.step.computed,

@@ -86,16 +86,32 @@ class SourceConfig:
     """`builtin`: a generator that exists on any Python machine; `hf`: a `datasets` dataset."""
     builtin: Literal["stdlib_prose", "stdlib_code", "synthetic_math"] | None = None
     path: str | None = None
-    """For `hf`: a hub id, a local `save_to_disk` directory, or a packaged builder (parquet, json)."""
-    subset: str | None = None
-    data_dir: str | None = None
-    """A folder inside the dataset (e.g. a language of `bigcode/starcoderdata`)."""
+    """For `hf`: a hub id, a local folder laid out like the hub repo (or a `save_to_disk`
+    folder), or a packaged builder (parquet, json). Only this differs between hub and stand-in."""
+    subset: str | tuple[str, ...] | None = None
+    """The dataset's config name (e.g. `finemath-4plus`). A list reads each config in turn,
+    interleaving their documents round-robin (e.g. the 15 language configs of Stack-Edu)."""
+    data_dir: str | tuple[str, ...] | None = None
+    """A folder inside the dataset (e.g. a language of `bigcode/starcoderdata`); a list reads
+    each folder, interleaved like `subset`; None: the whole dataset."""
     data_files: str | None = None
     split: str = "train"
     text_field: str = "text"
+    """The column holding the document (ignored when `content_url` fetches it)."""
+    text_join: str | None = None
+    """The text column holds a list of segments (e.g. InfiMM-WebMath's `text_list`, None where
+    an image sits): join its strings with this separator."""
+    content_url: str | None = None
+    """For datasets that carry ids, not text (Stack-Edu, Python-Edu: `blob_id`): a URL template
+    filled from the row's columns, e.g. `https://softwareheritage.s3.amazonaws.com/content/{blob_id}`;
+    the document is fetched with urllib (http, https or file), a missing object skipped."""
+    content_compression: Literal["none", "gzip"] = "none"
+    """How the fetched objects are compressed (Software Heritage's blobs: gzip)."""
     streaming: bool = True
     category: str = "knowledge"
-    """The evaluation category this source mainly serves (knowledge, math, code)."""
+    """The evaluation category this source mainly serves (knowledge, reasoning, math, code)."""
+    domain: Literal["web", "code", "math", "other"] = "other"
+    """The recipe's mixture grouping (SmolLM2 reports stage shares as web/code/math/other)."""
     num_docs: int | None = None
     """Cap on documents read (None: all)."""
     min_chars: int = 1
@@ -113,6 +129,32 @@ class SourceConfig:
             check(self.builtin is not None, "builtin", "is required for loader 'builtin'", None)
         else:
             check(bool(self.path), "path", "is required for loader 'hf'", self.path)
+        check(
+            self.domain in ("web", "code", "math", "other"), "domain", "must be web, code, math or other", self.domain
+        )
+        for name in ("subset", "data_dir"):
+            value = getattr(self, name)
+            if isinstance(value, tuple | list):
+                check(len(value) > 0, name, "must name at least one entry", list(value))
+                check(all(isinstance(v, str) and v for v in value), name, "entries must be names", list(value))
+        check(
+            not (isinstance(self.subset, tuple | list) and isinstance(self.data_dir, tuple | list)),
+            "data_dir",
+            "may not be a list when subset is one",
+            self.data_dir,
+        )
+        if self.content_url is not None:
+            self.content_fields()
+            check(
+                self.text_join is None, "text_join", "does not apply when content_url fetches the text", self.text_join
+            )
+        else:
+            check(
+                self.content_compression == "none",
+                "content_compression",
+                "needs a content_url",
+                self.content_compression,
+            )
         if self.num_docs is not None:
             check(self.num_docs > 0, "num_docs", "must be > 0", self.num_docs)
         check(self.heldout_docs >= 0, "heldout_docs", "must be >= 0", self.heldout_docs)
@@ -124,6 +166,33 @@ class SourceConfig:
             f"must be in [min_weight={self.min_weight}, 1]",
             self.max_weight,
         )
+
+    def content_fields(self) -> list[str]:
+        """The row columns `content_url` names; a malformed template is a one-line error."""
+        import string
+        from urllib.parse import urlsplit
+
+        url = self.content_url or ""
+        try:
+            parsed = list(string.Formatter().parse(url))
+        except ValueError as err:
+            raise ValueError(f"content_url: {err}, got {url!r}") from None
+        fields = [(name, spec, conversion) for _, name, spec, conversion in parsed if name is not None]
+        check(
+            urlsplit(url).scheme in ("http", "https", "file"),
+            "content_url",
+            "must be an http, https or file URL",
+            url,
+        )
+        check(len(fields) > 0, "content_url", "must name a column in braces, e.g. {blob_id}", url)
+        for name, spec, conversion in fields:
+            check(
+                name.isidentifier() and not spec and conversion is None,
+                "content_url",
+                "braces must hold a plain column name, e.g. {blob_id}",
+                url,
+            )
+        return [name for name, _, _ in fields]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +263,11 @@ class TrainConfig:
     seq_len: int
     micro_batch_size: int
     grad_accum_steps: int = 1
+    data_parallel: int = 1
+    """Data-parallel replicas a step is defined over (SmolLM2-1.7B: 256). With fewer processes
+    the remaining replicas run as gradient accumulation, so a step means the same everywhere."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """`bf16`: autocast matmuls to bfloat16 (SmolLM2); weights and optimizer stay fp32."""
     optimizer: OptimizerConfig
     schedule: ScheduleConfig
     checkpoint_every_steps: int = 0
@@ -207,6 +281,7 @@ class TrainConfig:
         check(self.seq_len > 0, "seq_len", "must be > 0", self.seq_len)
         check(self.micro_batch_size > 0, "micro_batch_size", "must be > 0", self.micro_batch_size)
         check(self.grad_accum_steps > 0, "grad_accum_steps", "must be > 0", self.grad_accum_steps)
+        check(self.data_parallel > 0, "data_parallel", "must be > 0", self.data_parallel)
         check(self.log_every_steps > 0, "log_every_steps", "must be > 0", self.log_every_steps)
         check(
             self.checkpoint_every_steps >= 0,
@@ -217,12 +292,17 @@ class TrainConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.seq_len * self.micro_batch_size * self.grad_accum_steps
+        return self.seq_len * self.micro_batch_size * self.grad_accum_steps * self.data_parallel
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Micro-batches one process runs per optimizer step (a single process here)."""
+        return self.grad_accum_steps * self.data_parallel
 
 
 @dataclass(frozen=True, kw_only=True)
 class StageConfig:
-    """One stage: a token budget, its mixture, and how much of it decays the LR."""
+    """One stage: a token budget, its mixture, where it starts and how much of it decays the LR."""
 
     name: str
     train_tokens: int
@@ -230,15 +310,34 @@ class StageConfig:
     """A mixture config name; None: the mixture the previous stage's rebalance wrote."""
     decay_fraction: float = 0.0
     """Fraction of this stage's steps over which the LR decays linearly to `min_lr`."""
+    init_from: str | None = None
+    """An earlier stage whose checkpoint this one starts from; None: the previous stage (the
+    first stage starts from scratch). Naming a stage that is not the previous one branches."""
+    init_at_tokens: int | None = None
+    """Take `init_from`'s checkpoint this many tokens into that stage instead of at its end
+    (e.g. context extension from stage 4 before its last 75B tokens)."""
+    overrides: list[str] = field(default_factory=list)
+    """Hydra overrides composed into this stage's config only (e.g. `model.rope_theta=130000`)."""
 
     def __post_init__(self) -> None:
         check(self.train_tokens > 0, "train_tokens", "must be > 0", self.train_tokens)
         check(0 <= self.decay_fraction <= 1, "decay_fraction", "must be in [0, 1]", self.decay_fraction)
+        if self.init_at_tokens is not None:
+            check(self.init_at_tokens > 0, "init_at_tokens", "must be > 0", self.init_at_tokens)
+        for index, override in enumerate(self.overrides):
+            key = override.split("=", 1)[0].lstrip("+~")
+            check("=" in override, f"overrides[{index}]", "must look like key=value", override)
+            check(
+                not key.startswith(("pipeline", "mixture", "workdir", "tracking")),
+                f"overrides[{index}]",
+                "may not change the pipeline, mixture, workdir or tracking",
+                override,
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
-    """Ordered stages; each later stage trains from the previous stage's checkpoint."""
+    """Ordered stages; each stage trains from the previous stage's (or `init_from`'s) checkpoint."""
 
     name: str
     stages: list[StageConfig]
@@ -248,6 +347,35 @@ class PipelineConfig:
         check(self.stages[0].mixture is not None, "stages[0].mixture", "must name a mixture", None)
         names = [s.name for s in self.stages]
         check(len(set(names)) == len(names), "stages", "names must be unique", names)
+        for index, stage in enumerate(self.stages):
+            if stage.init_from is not None:
+                check(
+                    stage.init_from in names[:index],
+                    f"stages[{index}].init_from",
+                    f"must name an earlier stage {names[:index]}",
+                    stage.init_from,
+                )
+            check(
+                index > 0 or stage.init_at_tokens is None,
+                f"stages[{index}].init_at_tokens",
+                "needs a stage to start from",
+                stage.init_at_tokens,
+            )
+            parent = self.parent(index)
+            if stage.init_at_tokens is not None and parent is not None:
+                check(
+                    stage.init_at_tokens < self.stages[parent].train_tokens,
+                    f"stages[{index}].init_at_tokens",
+                    f"must be < {self.stages[parent].name}.train_tokens={self.stages[parent].train_tokens}",
+                    stage.init_at_tokens,
+                )
+
+    def parent(self, index: int) -> int | None:
+        """Index of the stage whose checkpoint stage `index` starts from (None: from scratch)."""
+        stage = self.stages[index]
+        if stage.init_from is not None:
+            return [s.name for s in self.stages].index(stage.init_from)
+        return index - 1 if index > 0 else None
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
@@ -309,6 +437,24 @@ class RebalanceConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PlanConfig:
+    """What `smollm plan` estimates cost with: the accelerator, its peak and the expected MFU."""
+
+    gpu: str = "H100-SXM"
+    peak_flops: float = 989e12
+    """Dense bf16 peak FLOP/s of one accelerator."""
+    mfu: float = 0.4
+    """Model FLOPs utilisation the estimate assumes."""
+    warn_epochs: float = 4.0
+    """Warn when a source is repeated more than this; each source's `max_epochs` is the hard cap."""
+
+    def __post_init__(self) -> None:
+        check(self.peak_flops > 0, "peak_flops", "must be > 0", self.peak_flops)
+        check(0 < self.mfu <= 1, "mfu", "must be in (0, 1]", self.mfu)
+        check(self.warn_epochs > 0, "warn_epochs", "must be > 0", self.warn_epochs)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """The whole composed config of one pipeline (or one stage of it)."""
 
@@ -323,6 +469,7 @@ class RunConfig:
     """The evaluation suite; typed by `smollm.evaluation.EvalSuite` (checked in `validate`)."""
     tracking: TrackingConfig
     rebalance: RebalanceConfig
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
     def __post_init__(self) -> None:
         check(

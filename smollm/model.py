@@ -41,6 +41,20 @@ def build_model(model: ModelConfig, *, seed: int, device: str = "cpu"):
         return LlamaForCausalLM(llama_config(model))
 
 
+def parameter_count(model: ModelConfig) -> int:
+    """Exact parameter count of the shape, by formula (no torch import: `smollm plan` uses it).
+
+    Llama has no biases: attention q/o are d x d, k/v are d x (kv_heads * head_dim); the
+    SwiGLU MLP is three d x ffn matrices; two RMSNorm vectors per layer and a final one; the
+    embedding, plus an LM head unless tied. `count_parameters` checks it against transformers.
+    """
+    d, head_dim = model.hidden_size, model.hidden_size // model.num_heads
+    attention = 2 * d * d + 2 * d * model.num_kv_heads * head_dim
+    layer = attention + 3 * d * model.intermediate_size + 2 * d
+    embeddings = model.vocab_size * d * (1 if model.tie_embeddings else 2)
+    return model.num_layers * layer + d + embeddings
+
+
 def count_parameters(model: ModelConfig) -> int:
     """Exact parameter count (tied embeddings counted once), on the meta device: no memory."""
     import torch

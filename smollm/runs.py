@@ -16,7 +16,7 @@ from typing import Any
 from smollm.config import RunConfig, StageConfig
 from smollm.rebalance import Proposal, propose, write_mixture
 from smollm.schema import to_dict
-from smollm.stage import TrainOutcome, evaluate, train
+from smollm.stage import TrainOutcome, evaluate, token_label, train
 from smollm.steps import StepResult, git_commit
 from smollm.tracking import Tracker
 
@@ -51,13 +51,13 @@ def tracked_train(
     *,
     stage_run_id: str,
     flow_run_id: str | None,
+    stop_at_tokens: int | None = None,
 ) -> TrainOutcome:
-    """Train the stage inside a child MLflow run of the stage run."""
-    run_id = start_config_run(
-        tracker, cfg, f"train/{stage.name}", "train", parent_run_id=stage_run_id, flow_run_id=flow_run_id
-    )
+    """Train the stage (or its prefix up to `stop_at_tokens`) in a child MLflow run of the stage run."""
+    name = f"train/{stage.name}" + (f"@{token_label(stop_at_tokens)}" if stop_at_tokens else "")
+    run_id = start_config_run(tracker, cfg, name, "train", parent_run_id=stage_run_id, flow_run_id=flow_run_id)
     try:
-        outcome = train(cfg, stage, sources, tokenizer, previous, tracker, run_id)
+        outcome = train(cfg, stage, sources, tokenizer, previous, tracker, run_id, stop_at_tokens)
         summary = outcome.summary
         if not outcome.step.computed:  # the per-step curves live in the run that trained it
             tracker.set_tags(run_id, {"smollm.trained_in_run": str(summary.get("mlflow_run_id"))})

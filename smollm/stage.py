@@ -29,13 +29,17 @@ SOURCE_CONTENT_FIELDS = (
     "data_files",
     "split",
     "text_field",
+    "text_join",
+    "content_url",
+    "content_compression",
     "num_docs",
     "min_chars",
     "heldout_docs",
     "seed",
 )
 EVAL_CODE = tuple(
-    f"smollm.evaluation.{m}" for m in ("suite", "items", "result", "lighteval_tasks", "lighteval_backend")
+    f"smollm.evaluation.{m}"
+    for m in ("suite", "items", "result", "lighteval_tasks", "lighteval_builtin", "lighteval_backend")
 )
 # Train fields that do not change the result.
 TRAIN_BOOKKEEPING_FIELDS = ("progress", "log_every_steps", "num_threads", "checkpoint_every_steps")
@@ -48,6 +52,15 @@ def workdir(cfg: RunConfig) -> Path:
 def source_slice(source: SourceConfig) -> dict[str, Any]:
     content = {k: getattr(source, k) for k in SOURCE_CONTENT_FIELDS}
     return {**content, "environment": environment_fingerprint(source)}
+
+
+def needed_sources(cfg: RunConfig) -> list[str]:
+    """The sources a stage builds: its mixture's, the eval suite's held-out ones, the rebalancer's."""
+    names = {name for name, weight in cfg.mixture.weights.items() if weight > 0}
+    names.update(s for s in cfg.eval_suite.sources() if s in cfg.data.sources)
+    for rule in cfg.rebalance.rules:
+        names.update((*rule.raise_sources, *rule.lower_sources))
+    return sorted(names)
 
 
 def tokenizer_step(cfg: RunConfig) -> Step:
@@ -92,10 +105,12 @@ def train_step(
     sources: dict[str, StepResult],
     tokenizer: StepResult,
     previous: StepResult | None,
+    stop_at_tokens: int | None = None,
 ) -> Step:
+    """The training step of `stage`; with `stop_at_tokens`, its prefix up to that many tokens."""
     train = {k: v for k, v in to_dict(cfg.train).items() if k not in TRAIN_BOOKKEEPING_FIELDS}
     weights = {k: v for k, v in sorted(cfg.mixture.weights.items()) if v > 0}
-    config = {
+    config: dict[str, Any] = {
         "model": to_dict(cfg.model),
         "train": train,
         "stage": {"train_tokens": stage.train_tokens, "decay_fraction": stage.decay_fraction},
@@ -105,6 +120,9 @@ def train_step(
     if previous is not None:
         upstream.append(previous.identity)
     name = f"{cfg.pipeline.name}-{stage.name}"
+    if stop_at_tokens is not None:
+        config["stop_at_tokens"] = stop_at_tokens
+        name += f"@{token_label(stop_at_tokens)}"
     return Step(
         "train",
         name,
@@ -112,6 +130,14 @@ def train_step(
         upstream=tuple(upstream),
         code=("smollm.train", "smollm.data.sampler", "smollm.model", "smollm.schedule"),
     )
+
+
+def token_label(tokens: int) -> str:
+    """`925000000000` -> `925B`: short, exact where it can be."""
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if tokens >= size and tokens % (size // 1000) == 0:
+            return f"{tokens / size:g}{unit}"
+    return str(tokens)
 
 
 @dataclass(frozen=True)
@@ -128,11 +154,12 @@ def train(
     previous: StepResult | None,
     tracker: Tracker | None = None,
     run_id: str | None = None,
+    stop_at_tokens: int | None = None,
 ) -> TrainOutcome:
     """Train `stage` (from `previous`'s checkpoint if given); reuse a complete output."""
     from smollm.train import StageRun, train_stage
 
-    step = train_step(cfg, stage, sources, tokenizer, previous)
+    step = train_step(cfg, stage, sources, tokenizer, previous, stop_at_tokens)
     output = step.output_dir(workdir(cfg))
     resume_dir = output.with_name(f".resume-{output.name}")
     run = StageRun(
@@ -144,6 +171,7 @@ def train(
         tokenizer_dir=tokenizer.output,
         init_checkpoint=previous.output if previous else None,
         resume_dir=resume_dir,
+        stop_at_tokens=stop_at_tokens,
     )
     result = run_step(step, workdir(cfg), lambda out: train_stage(run, out, tracker, run_id))
     shutil.rmtree(resume_dir, ignore_errors=True)  # the committed checkpoint supersedes it

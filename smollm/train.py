@@ -1,8 +1,10 @@
 """Train one stage of a pipeline: a `LlamaForCausalLM`, AdamW, WSD, the mixture sampler.
 
-A stage starts from scratch (the first stage, or a data ablation) or continues from the previous
-stage's checkpoint with its optimizer state, step, tokens seen and sampler totals. Its output is
-a checkpoint folder:
+A stage starts from scratch (the first stage, or a data ablation) or continues from an earlier
+stage's checkpoint with its optimizer state, step, tokens seen and sampler totals; the weights
+load into the stage's own model shape, so a stage may change RoPE θ or the context length.
+`stop_at_tokens` ends a stage early on its own schedule (the checkpoint a branch starts from).
+Its output is a checkpoint folder:
     model/               save_pretrained weights + config + the tokenizer (AutoModel/lighteval load it)
     trainer_state.pt     optimizer, step, tokens seen, sampler position, RNG states
     summary.json         step range, tokens (per source, epochs), first/last loss, skipped steps
@@ -46,6 +48,8 @@ class StageRun:
     init_checkpoint: Path | None = None
     resume_dir: Path | None = None
     """Where intermediate checkpoints go, so a killed run resumes."""
+    stop_at_tokens: int | None = None
+    """Stop this many tokens into the stage (its LR schedule still spans the whole stage)."""
 
 
 def _rng_state() -> dict[str, Any]:
@@ -128,6 +132,8 @@ class Trainer:
         self.start_step = self.step
         self.start_tokens = self.tokens_seen
         self.num_steps = run.stage.train_tokens // run.train.tokens_per_step
+        stop = run.stop_at_tokens
+        self.end_step = self.start_step + (self.num_steps if stop is None else stop // run.train.tokens_per_step)
         self.schedule = stage_schedule(
             peak_lr=run.train.optimizer.lr,
             warmup_steps=run.train.schedule.warmup_steps,
@@ -143,9 +149,16 @@ class Trainer:
         import torch
 
         torch.manual_seed(self.run.train.seed)
+        model = build_model(self.run.model, seed=self.run.train.seed)
         if self.run.init_checkpoint is None:
-            return build_model(self.run.model, seed=self.run.train.seed), None
-        return load_checkpoint(self.run.init_checkpoint)
+            return model, None
+        trained, state = load_checkpoint(self.run.init_checkpoint)
+        try:  # the stage's own shape (e.g. a new RoPE θ or context length) with the trained weights
+            model.load_state_dict(trained.state_dict())
+        except RuntimeError as err:
+            first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+            raise ValueError(f"model: does not fit the checkpoint {self.run.init_checkpoint}: {first}") from None
+        return model, state
 
     def _resume(self) -> Path | None:
         point = latest_resume_point(self.run.resume_dir)
@@ -182,13 +195,14 @@ class Trainer:
         lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total = 0.0
-        for _ in range(train.grad_accum_steps):
+        total, micro_batches = 0.0, train.micro_batches_per_step
+        for _ in range(micro_batches):
             batch = torch.from_numpy(self.sampler.next_batch(train.micro_batch_size))
-            logits = self.model(input_ids=batch[:, :-1]).logits
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
-            (loss / train.grad_accum_steps).backward()
-            total += loss.item() / train.grad_accum_steps
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.precision == "bf16"):
+                logits = self.model(input_ids=batch[:, :-1]).logits
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            (loss / micro_batches).backward()
+            total += loss.item() / micro_batches
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.optimizer.grad_clip))
         if np.isfinite(total) and np.isfinite(grad_norm):
             self.optimizer.step()
@@ -224,11 +238,11 @@ class Trainer:
     def _run_to_end(self, output: Path) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
-        train, end = self.run.train, self.start_step + self.num_steps
+        train, end = self.run.train, self.end_step
         self.model.train()
         started = time.perf_counter()
         bar = tqdm(
-            total=self.num_steps,
+            total=end - self.start_step,
             initial=self.step - self.start_step,
             desc=f"train {self.run.stage.name}",
             unit="step",
@@ -258,6 +272,7 @@ class Trainer:
         stage_losses = [r["loss"] for r in self.losses if r["step"] > self.start_step]
         return {
             "stage": self.run.stage.name,
+            "stop_at_tokens": self.run.stop_at_tokens,
             "start_step": self.start_step,
             "end_step": self.step,
             "start_tokens": self.start_tokens,

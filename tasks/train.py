@@ -1,4 +1,4 @@
-"""Task: train one stage (continuing from the previous stage's checkpoint), tracked in MLflow."""
+"""Task: train one stage (or its prefix, for a branch) from its starting checkpoint, tracked in MLflow."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def train_stage(
     tokenizer: StepResult,
     previous: StepResult | None,
     stage_run_id: str,
+    stop_at_tokens: int | None = None,
 ) -> TrainOutcome:
     return tracked_train(
         cfg,
@@ -30,4 +31,5 @@ def train_stage(
         tracker_for(cfg),
         stage_run_id=stage_run_id,
         flow_run_id=flow_run.id,
+        stop_at_tokens=stop_at_tokens,
     )

@@ -26,12 +26,16 @@ def test_default_config_composes_with_cli_style_overrides(tmp_path):
     ),
 )
 def test_every_group_option_composes(tmp_path, path):
+    """Every shipped option composes and validates: demo options with the embedded default,
+    recipe options (hub sources, 2048-token sequences) inside the SmolLM2-1.7B pipeline."""
     group, option = str(path.parent), path.stem
     overrides = [f"workdir={tmp_path}", f"{group}={option}"]
     if group == "model" and option != "debug":
         overrides += ["tokenizer=smollm2", "train.seq_len=256"]
-    if group == "tokenizer" and option == "smollm2":
+    elif group == "tokenizer" and option == "smollm2":
         overrides += ["model=smollm2_135m"]
+    elif group != "pipeline" and option.startswith(("smollm2", "ablation", "anneal")):
+        overrides.insert(1, "pipeline=smollm2_1.7b")
     compose(overrides)
 
 

@@ -74,7 +74,7 @@ def mcq(name: str, **kw) -> dict:
 @pytest.mark.parametrize(
     ("task", "message"),
     [
-        (mcq("a", formulation="xyz"), "tasks[1].formulation: 'xyz' is not one of ['cf', 'mcf']"),
+        (mcq("a", formulation="xyz"), "tasks[1].formulation: 'xyz' is not one of ['cf', 'mcf', 'native']"),
         (mcq("a", num_items=0), "tasks[1].num_items: must be >= 1, got 0"),
         (mcq("a", category="poetry"), "tasks[1].category: 'poetry' is not one of"),
         (mcq("a", kind="essay"), "tasks[1].kind: 'essay' is not one of"),

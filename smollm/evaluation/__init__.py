@@ -4,6 +4,9 @@
     result = evaluate_checkpoint(model_dir, EvalSuite.from_dict(cfg), heldout, output_dir)
     result.metrics["math_add1_cf/acc_norm"], result.categories["math"]
 
+Suites mix custom tasks over held-out data (`conf/eval/offline.yaml`) and lighteval's built-in
+benchmarks (`conf/eval/smollm2_base.yaml`, `kind: lighteval`, see `lighteval_builtin`).
+
 Importing this package is cheap; lighteval and transformers are imported when evaluating.
 """
 

@@ -1,12 +1,16 @@
-"""Evaluate one checkpoint on an offline suite with lighteval, from local files only.
+"""Evaluate one checkpoint on a suite with lighteval: custom tasks from local files, built-in
+tasks (`kind: lighteval`) from the hub or their local stand-ins.
 
     from smollm.evaluation import EvalSuite, evaluate_checkpoint
     suite = EvalSuite.from_dict(yaml.safe_load(open("conf/eval/offline.yaml")))
     result = evaluate_checkpoint(model_dir, suite, {"stdlib_code": Path(".../heldout.jsonl"), ...}, out)
 
+A suite whose every dataset is local runs with the HF libraries offline; one with a built-in
+task on the hub leaves the environment as it is (set `HF_DATASETS_OFFLINE=1` to use a warm cache).
+
 `output_dir` (unique per checkpoint) receives:
 
-    items/<task>/test.jsonl   the items (fitted to the model's context), the dataset lighteval loads
+    items/<task>/test.jsonl   custom tasks' items (fitted to the model's context), the dataset lighteval loads
     suite.json                the suite evaluated (provenance)
     lighteval/                lighteval's results and per-item details
     results.json              `EvalResult.to_json()`, written last and atomically
@@ -27,10 +31,14 @@ import signal
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smollm.evaluation.items import build_items, read_heldout, write_items
-from smollm.evaluation.result import EvalResult, category_means
+from smollm.evaluation.result import EvalResult, category_means, metric_key
 from smollm.evaluation.suite import EvalSuite
+
+if TYPE_CHECKING:
+    from smollm.evaluation.lighteval_builtin import BuiltinTask
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 MODEL_NAME = "checkpoint"  # lighteval's name for the model in its own output paths
@@ -53,19 +61,22 @@ def evaluate_checkpoint(model_dir: Path, suite: EvalSuite, heldout: Mapping[str,
         if task.source and task.source not in heldout:
             raise ValueError(f"tasks[{index}].source: {task.source!r} has no held-out data (have {sorted(heldout)})")
     items = build_suite_items(suite, heldout)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "suite.json").write_text(json.dumps(suite.to_dict(), indent=2))
 
     start = time.perf_counter()
-    with _offline_env(), _preserved_global_state():
-        items, aggregated = _run_lighteval(model_dir, suite, items, output_dir)
-    metrics, stderr = _split_metrics(suite, aggregated)
+    environment = contextlib.nullcontext() if suite.needs_hub() else _offline_env()
+    with environment, _preserved_global_state():
+        builtins = _resolve_builtins(suite)  # imports their lighteval modules; a bad name fails here
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "suite.json").write_text(json.dumps(suite.to_dict(), indent=2))
+        aggregated, num_items = _run_lighteval(model_dir, suite, items, builtins, output_dir)
+    metrics, stderr = _split_metrics(suite, aggregated, builtins)
+    primary = {name: builtin.primary_metric for name, builtin in builtins.items()}
     result = EvalResult(
         suite=suite.name,
         metrics=metrics,
-        categories=category_means(suite, metrics),
+        categories=category_means(suite, metrics, primary),
         stderr=stderr,
-        num_items={name: len(task_items) for name, task_items in items.items()},
+        num_items=num_items,
         model_dir=str(model_dir),
         seconds=round(time.perf_counter() - start, 3),
     )
@@ -76,9 +87,14 @@ def evaluate_checkpoint(model_dir: Path, suite: EvalSuite, heldout: Mapping[str,
 
 
 def build_suite_items(suite: EvalSuite, heldout: Mapping[str, Path]) -> dict[str, list[dict]]:
-    """Items of every task, a pure function of (suite, held-out files); each source read once."""
+    """Items of every custom task, a pure function of (suite, held-out files); each source read
+    once. Built-in tasks have none: lighteval reads their datasets."""
     documents = {source: read_heldout(Path(heldout[source])) for source in suite.sources()}
-    return {t.name: build_items(t, suite.seed, documents.get(t.source) if t.source else None) for t in suite.tasks}
+    return {
+        t.name: build_items(t, suite.seed, documents.get(t.source) if t.source else None)
+        for t in suite.tasks
+        if not t.is_builtin
+    }
 
 
 def fit_items(suite: EvalSuite, items: dict[str, list[dict]], tokenizer, max_length: int) -> dict[str, list[dict]]:
@@ -87,7 +103,7 @@ def fit_items(suite: EvalSuite, items: dict[str, list[dict]], tokenizer, max_len
     that does not fit is a config error; a bpb document is cut shorter until it fits (how
     far depends on the tokenizer, which is the same for every checkpoint of a pipeline)."""
     fitted: dict[str, list[dict]] = {}
-    for task in suite.tasks:
+    for task in (t for t in suite.tasks if not t.is_builtin):
         fitted[task.name] = []
         for item in items[task.name]:
             query = len(tokenizer(item["query"]).input_ids)
@@ -113,10 +129,22 @@ def _shorten(item: dict, query_tokens: int, tokenizer, max_length: int) -> dict:
     return {**item, "choices": [text]}
 
 
+def _resolve_builtins(suite: EvalSuite) -> dict[str, BuiltinTask]:
+    """The suite's built-in tasks, by name, resolved to the lighteval configs they run."""
+    if not any(task.is_builtin for task in suite.tasks):
+        return {}
+    from smollm.evaluation import lighteval_builtin
+
+    return {
+        task.name: lighteval_builtin.resolve(task, index) for index, task in enumerate(suite.tasks) if task.is_builtin
+    }
+
+
 def _run_lighteval(
-    model_dir: Path, suite: EvalSuite, items: dict[str, list[dict]], output_dir: Path
-) -> tuple[dict[str, list[dict]], dict[str, dict[str, float]]]:
-    """Load the checkpoint, fit and write the items, run lighteval: (items, aggregated metrics)."""
+    model_dir: Path, suite: EvalSuite, items: dict[str, list[dict]], builtins: dict[str, BuiltinTask], output_dir: Path
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Load the checkpoint, fit and write the items, run lighteval: (aggregated metrics, items
+    scored per task)."""
     import torch
     from lighteval.logging.evaluation_tracker import EvaluationTracker
     from lighteval.pipeline import ParallelismManager, PipelineParameters
@@ -128,10 +156,15 @@ def _run_lighteval(
     model.to(torch.device(suite.device)).eval()  # type: ignore[arg-type]  # transformers 5 mis-types `.to`
     max_length = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 2048
     items = fit_items(suite, items, AutoTokenizer.from_pretrained(model_dir), max_length)
-    configs = []
+    configs: list = []  # lighteval task configs, custom and built-in
+    limits: dict[str, int] = {}
     for task in suite.tasks:
-        write_items(items[task.name], output_dir / "items" / task.name / "test.jsonl")
-        configs.append(lighteval_tasks.task_config(task, output_dir / "items" / task.name))
+        if task.is_builtin:
+            configs.extend(builtins[task.name].configs)
+            limits.update({config.name: task.limit for config in builtins[task.name].configs if task.limit})
+        else:
+            write_items(items[task.name], output_dir / "items" / task.name / "test.jsonl")
+            configs.append(lighteval_tasks.task_config(task, output_dir / "items" / task.name))
 
     config = lighteval_tasks.LocalModelConfig(
         model_name=MODEL_NAME,
@@ -144,7 +177,7 @@ def _run_lighteval(
     )
     tracker = EvaluationTracker(output_dir=str(output_dir / "lighteval"), save_details=suite.save_details)
     pipeline = lighteval_tasks.CustomTasksPipeline(
-        tasks=",".join(f"{task.name}|0" for task in suite.tasks),
+        tasks=",".join(f"{task.name}|{task.num_fewshot}" for task in suite.tasks),
         pipeline_parameters=PipelineParameters(
             launcher_type=ParallelismManager.NONE,
             # annotated `str | None`, but its Registry takes a module too (create_custom_tasks_module)
@@ -153,24 +186,32 @@ def _run_lighteval(
         evaluation_tracker=tracker,
         model_config=config,
         model=model,
+        limits=limits,
     )
     pipeline.model._cache = None  # `cached` methods call the model directly when the cache is None
     pipeline.evaluate()
     pipeline.save_and_push_results()
-    return items, {name: dict(values) for name, values in tracker.metrics_logger.metric_aggregated.items()}
+    num_items = {name: len(task_items) for name, task_items in items.items()}
+    for name, builtin in builtins.items():
+        shots = builtin.task.num_fewshot
+        num_items[name] = sum(len(pipeline.documents_dict[f"{c.name}|{shots}"]) for c in builtin.configs)
+    aggregated = {name: dict(values) for name, values in tracker.metrics_logger.metric_aggregated.items()}
+    return aggregated, num_items
 
 
 def _split_metrics(
-    suite: EvalSuite, aggregated: dict[str, dict[str, float]]
+    suite: EvalSuite, aggregated: dict[str, dict[str, float]], builtins: dict[str, BuiltinTask]
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """lighteval's `{"<task>|0": {"acc": .., "acc_stderr": ..}}` -> `<task>/<metric>` dicts."""
+    """lighteval's `{"<task>|0": {"acc": .., "acc_stderr": ..}}` -> `<task>/<metric>` dicts; a
+    built-in group (`mmlu`) reads lighteval's mean over its members, `<task>:_average|<shots>`."""
     metrics, stderr = {}, {}
     for task in suite.tasks:
-        for name, value in sorted(aggregated[f"{task.name}|0"].items()):
+        key = builtins[task.name].result_key if task.is_builtin else f"{task.name}|0"
+        for name, value in sorted(aggregated[key].items()):
             if name.endswith("_stderr"):
-                stderr[f"{task.name}/{name.removesuffix('_stderr')}"] = float(value)
+                stderr[f"{task.name}/{metric_key(name.removesuffix('_stderr'))}"] = float(value)
             else:
-                metrics[f"{task.name}/{name}"] = float(value)
+                metrics[f"{task.name}/{metric_key(name)}"] = float(value)
     return metrics, stderr
 
 

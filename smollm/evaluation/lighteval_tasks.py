@@ -1,5 +1,5 @@
 """The suite's tasks as lighteval data: prompt functions, metrics, task configs, and a pipeline
-that loads only these tasks.
+that loads only these tasks (custom ones, and the built-in ones `lighteval_builtin` adapted).
 
 Imports lighteval at module level; `lighteval_backend` imports this module lazily so that
 `import smollm.evaluation` stays cheap.
@@ -8,6 +8,9 @@ Why not lighteval's defaults (0.13):
 - `Registry` imports every built-in task module before it reads custom tasks, and
   `tasks/tiny_benchmarks.py` downloads a file at import, which fails offline (and costs
   seconds online). `CustomTasksRegistry` reads the custom `TASKS_TABLE` module only.
+- `load_dataset(<local folder>)` infers split names from file names (`dev.jsonl` becomes
+  `validation`), so a task whose dataset is a local folder (custom items, built-in stand-ins)
+  is read by `load_local`, which keeps every file's stem as its split name.
 - `TransformersModel.loglikelihood_rolling` (the PERPLEXITY path behind `Metrics.bits_per_byte`)
   crashes on `choices=None`, crashes on batches of unequal lengths, scores each token with the
   logits of its own position (off by one), and its results are then dropped by the prediction
@@ -23,6 +26,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+from datasets import DatasetDict, load_dataset, load_from_disk
 from lighteval.metrics.dynamic_metrics import LogLikelihoodAccMetric
 from lighteval.metrics.metrics_corpus import CorpusLevelPerplexityMetric
 from lighteval.metrics.normalizations import LogProbCharNorm
@@ -101,16 +105,49 @@ class CustomTasksRegistry(Registry):
         self.task_to_configs = self._update_task_configs()
 
 
+DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_local(path: Path, subset: str) -> DatasetDict:
+    """A local dataset: `path/<subset>/` if that folder exists, else `path`; either a
+    `save_to_disk` folder or one `<split>.<jsonl|json|parquet|csv>` file per split."""
+    folder = path / subset if (path / subset).is_dir() else path
+    if (folder / "dataset_dict.json").is_file():
+        return load_from_disk(str(folder))
+    files = {f.name.split(".")[0]: f for f in sorted(folder.iterdir()) if f.suffix in DATA_SUFFIXES}
+    builders = {DATA_SUFFIXES[f.suffix] for f in files.values()}
+    if len(builders) != 1:
+        raise ValueError(
+            f"{folder}: want one {sorted(DATA_SUFFIXES)} file per split, all of one format, found {sorted(files)}"
+        )
+    return load_dataset(builders.pop(), data_files={split: str(f) for split, f in files.items()})
+
+
+def task_dataset(task: LightevalTask) -> DatasetDict:
+    """The task's dataset: `load_local` for a local folder, else lighteval's hub loader."""
+    if not Path(task.dataset_path).is_dir():
+        return LightevalTask.download_dataset_worker(task)
+    dataset = load_local(Path(task.dataset_path), task.dataset_config_name)
+    return dataset.filter(task.dataset_filter) if task.dataset_filter is not None else dataset
+
+
 class CustomTasksPipeline(Pipeline):
     """`Pipeline` whose tasks come from `pipeline_parameters.custom_tasks_directory` (a module)
-    through `CustomTasksRegistry`; the rest is lighteval's, as in `Pipeline._init_tasks_and_requests`."""
+    through `CustomTasksRegistry`, each with its own item limit (`limits`, by config name) and
+    local datasets read by `load_local`; the rest is lighteval's `_init_tasks_and_requests`."""
+
+    def __init__(self, *args: Any, limits: dict[str, int] | None = None, **kwargs: Any):
+        self.limits = limits or {}  # read by _init_tasks_and_requests, which Pipeline.__init__ calls
+        super().__init__(*args, **kwargs)
 
     def _init_tasks_and_requests(self, tasks: str) -> None:
         self.registry = CustomTasksRegistry(tasks, self.pipeline_parameters.custom_tasks_directory)
         self.tasks_dict: dict[str, LightevalTask] = self.registry.load_tasks()
-        LightevalTask.load_datasets(self.tasks_dict, self.pipeline_parameters.dataset_loading_processes)
+        for task in self.tasks_dict.values():
+            task.dataset = task_dataset(task)
         self.documents_dict = {
-            task.full_name: task.get_docs(self.pipeline_parameters.max_samples) for task in self.tasks_dict.values()
+            task.full_name: task.get_docs(self.limits.get(task.name, self.pipeline_parameters.max_samples))
+            for task in self.tasks_dict.values()
         }
         self.sampling_docs = collections.defaultdict(list)
         for docs in self.documents_dict.values():

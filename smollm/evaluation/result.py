@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -19,7 +20,8 @@ class EvalResult:
     metrics: dict[str, float]
     """`<task>/<metric>`, e.g. `math_add1_cf/acc_norm`, `bpb_stdlib_code/bits_per_byte`."""
     categories: dict[str, float]
-    """Category -> mean primary accuracy (`acc_norm`) of its MCQ tasks with `aggregate` on."""
+    """Category -> mean primary metric (`acc_norm` for MCQ, lighteval's for generative built-ins)
+    of its tasks with `aggregate` on."""
     stderr: dict[str, float] = field(default_factory=dict)
     """lighteval's standard error of each metric (same keys as `metrics`), where it gives one."""
     num_items: dict[str, int] = field(default_factory=dict)
@@ -37,10 +39,21 @@ class EvalResult:
         return cls(**json.loads(text))
 
 
-def category_means(suite: EvalSuite, metrics: Mapping[str, float]) -> dict[str, float]:
-    """Mean primary accuracy per category over the suite's aggregated MCQ tasks."""
+def metric_key(name: str) -> str:
+    """A lighteval metric name as a key MLflow accepts: parameters dropped, `@` spelled out
+    (`maj@n:n=4&normalize_pred=<function ..>` -> `maj_at_n`); `acc_norm` stays as it is."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name.split(":", 1)[0].replace("@", "_at_"))
+
+
+def category_means(
+    suite: EvalSuite, metrics: Mapping[str, float], primary: Mapping[str, str] | None = None
+) -> dict[str, float]:
+    """Mean primary metric per category over the suite's aggregated tasks (bpb excluded: lower
+    is better). `primary` names the metric of tasks whose own is only known to lighteval
+    (`native` built-ins), by task name."""
     scores: dict[str, list[float]] = {}
     for task in suite.tasks:
-        if task.is_mcq and task.aggregate:
-            scores.setdefault(task.category, []).append(metrics[f"{task.name}/{task.primary_metric}"])
+        if task.aggregate and task.kind != "bpb":
+            metric = task.primary_metric or (primary or {})[task.name]
+            scores.setdefault(task.category, []).append(metrics[f"{task.name}/{metric}"])
     return {category: math.fsum(values) / len(values) for category, values in sorted(scores.items())}

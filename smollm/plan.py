@@ -1,0 +1,350 @@
+"""What a pipeline would run and cost, computed from configs alone: no download, no compute.
+
+For every stage: its steps (kind, name, identity, output folder, complete or not — the same
+`Step`s `smollm.stage` runs), its tokens, the tokens and cumulative epochs per source (with a
+warning past `plan.warn_epochs` and an error past a source's `max_epochs`), its training FLOPs
+and the GPU-hours they take at `plan.mfu` of `plan.peak_flops`.
+
+FLOPs per trained token follow PaLM (Chowdhery et al. 2022, appendix B): `6 N` for the weights
+(N counts tied embeddings once: the LM head's matmul is real work, the lookup is free) plus
+`12 L d T` for attention scores and values over a `T`-token context.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from smollm.config import ModelConfig, RunConfig, SourceConfig
+from smollm.stage import (
+    eval_step,
+    needed_sources,
+    source_step,
+    token_label,
+    tokenizer_step,
+    train_step,
+    workdir,
+)
+from smollm.steps import Step, StepResult, is_complete
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    kind: str
+    name: str
+    identity: str
+    output: str
+    complete: bool
+
+
+@dataclass(frozen=True)
+class SourceUse:
+    """One source in one stage: its share, the tokens drawn, and its repetition so far."""
+
+    name: str
+    domain: str
+    weight: float
+    tokens: int
+    """Drawn in this stage."""
+    cumulative_tokens: int
+    """Drawn up to the end of this stage, along the stage's lineage."""
+    available_tokens: int | None
+    """Declared (hub sources) or measured by a complete build; None: unknown until built."""
+    epochs: float | None
+    max_epochs: float
+    status: str
+    """`ok`, `warn` (past `plan.warn_epochs`), `over` (past `max_epochs`: refused) or `unknown`."""
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int
+    name: str
+    mixture: str
+    mixture_note: str
+    start: str
+    """What training starts from: `scratch`, or a stage (and a point inside it)."""
+    train_tokens: int
+    tokens_per_step: int
+    optimizer_steps: int
+    peak_lr: float
+    decay_fraction: float
+    seq_len: int
+    parameters: int
+    flops: float
+    gpu_hours: float
+    domains: dict[str, float]
+    sources: list[SourceUse]
+    steps: list[PlannedStep]
+    train_identity: str
+    """The identity of the stage's own training step (what its rebalance is named after)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    pipeline: str
+    workdir: str
+    gpu: str
+    peak_flops: float
+    mfu: float
+    stages: list[StagePlan]
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def train_tokens(self) -> int:
+        return sum(s.train_tokens for s in self.stages)
+
+    @property
+    def flops(self) -> float:
+        return sum(s.flops for s in self.stages)
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(s.gpu_hours for s in self.stages)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.update(train_tokens=self.train_tokens, flops=self.flops, gpu_hours=self.gpu_hours)
+        return json.dumps(data, indent=2)
+
+
+def flops_per_token(model: ModelConfig, parameters: int, seq_len: int) -> float:
+    """Training FLOPs per token: `6 N + 12 L d T` (forward + backward)."""
+    return 6.0 * parameters + 12.0 * model.num_layers * model.hidden_size * seq_len
+
+
+def _planned(step: Step, root: Path) -> tuple[PlannedStep, StepResult]:
+    output = step.output_dir(root)
+    planned = PlannedStep(step.kind, step.name, step.identity, str(output), is_complete(output))
+    return planned, StepResult(output, step.identity, computed=False)
+
+
+def available_tokens(source: SourceConfig, built: StepResult) -> int | None:
+    """Declared tokens, else the count a complete build measured, else unknown."""
+    if source.available_tokens is not None:
+        return source.available_tokens
+    manifest = built.output / "manifest.json"
+    if is_complete(built.output) and manifest.is_file():
+        return int(json.loads(manifest.read_text())["num_tokens"])
+    return None
+
+
+@dataclass
+class _Lineage:
+    """Per-stage bookkeeping a later stage starts from."""
+
+    train: StepResult
+    start: StepResult | None
+    consumed_at_start: dict[str, int]
+    weights: dict[str, float]
+    cfg: RunConfig
+    tokens: int
+    """Trained in whole optimizer steps."""
+
+
+class Planner:
+    """Plans stages in order; `stage()` takes each stage's composed config."""
+
+    def __init__(self, parameters: dict[str, int]) -> None:
+        self.parameters = parameters
+        """Exact parameter count per model name (counted once by the caller, on meta)."""
+        self.lineage: list[_Lineage] = []
+        self.stages: list[StagePlan] = []
+        self.warnings: list[str] = []
+        self.errors: list[str] = []
+        self._reported: set[tuple[str, str]] = set()
+
+    def stage(self, cfg: RunConfig, index: int, mixture_note: str = "declared") -> StagePlan:
+        root = workdir(cfg)
+        stage = cfg.pipeline.stages[index]
+        steps: list[PlannedStep] = []
+        planned, tokenizer = _planned(tokenizer_step(cfg), root)
+        steps.append(planned)
+        sources: dict[str, StepResult] = {}
+        for name in needed_sources(cfg):
+            planned, sources[name] = _planned(source_step(cfg, name, tokenizer), root)
+            steps.append(planned)
+        start, consumed, start_label = self._start(cfg, index, steps)
+        planned, trained = _planned(train_step(cfg, stage, sources, tokenizer, start), root)
+        steps.append(planned)
+        steps.append(_planned(eval_step(cfg, trained, sources), root)[0])
+        weights = {k: v for k, v in sorted(cfg.mixture.weights.items()) if v > 0}
+        train = cfg.train
+        optimizer_steps = stage.train_tokens // train.tokens_per_step
+        tokens = optimizer_steps * train.tokens_per_step
+        self.lineage.append(_Lineage(trained, start, consumed, weights, cfg, tokens))
+        uses = [self._use(cfg, stage.name, name, w, tokens, consumed, sources[name]) for name, w in weights.items()]
+        domains: dict[str, float] = {}
+        for use in uses:
+            domains[use.domain] = round(domains.get(use.domain, 0.0) + use.weight, 12)
+        parameters = self.parameters[cfg.model.name]
+        flops = flops_per_token(cfg.model, parameters, train.seq_len) * tokens
+        plan = StagePlan(
+            index=index,
+            name=stage.name,
+            mixture=cfg.mixture.name,
+            mixture_note=mixture_note,
+            start=start_label,
+            train_tokens=tokens,
+            tokens_per_step=train.tokens_per_step,
+            optimizer_steps=optimizer_steps,
+            peak_lr=train.optimizer.lr,
+            decay_fraction=stage.decay_fraction,
+            seq_len=train.seq_len,
+            parameters=parameters,
+            flops=flops,
+            gpu_hours=flops / (cfg.plan.peak_flops * cfg.plan.mfu) / 3600,
+            domains=dict(sorted(domains.items())),
+            sources=uses,
+            steps=steps,
+            train_identity=trained.identity,
+        )
+        self.stages.append(plan)
+        return plan
+
+    def _start(self, cfg: RunConfig, index: int, steps: list[PlannedStep]) -> tuple[StepResult | None, dict, str]:
+        """The checkpoint stage `index` starts from, the tokens drawn per source before it."""
+        stage = cfg.pipeline.stages[index]
+        parent = cfg.pipeline.parent(index)
+        if parent is None:
+            return None, {}, "scratch"
+        origin = self.lineage[parent]
+        parent_stage = origin.cfg.pipeline.stages[parent]
+        if stage.init_at_tokens is None:
+            consumed = _add(origin.consumed_at_start, origin.weights, origin.tokens)
+            return origin.train, consumed, f"{parent_stage.name} (end)"
+        # a branch point inside the parent: its prefix is a step of its own
+        root = workdir(origin.cfg)
+        _, tok = _planned(tokenizer_step(origin.cfg), root)
+        parent_sources = {name: _planned(source_step(origin.cfg, name, tok), root)[1] for name in origin.weights}
+        step = train_step(origin.cfg, parent_stage, parent_sources, tok, origin.start, stage.init_at_tokens)
+        planned, prefix = _planned(step, root)
+        steps.append(planned)
+        per_step = origin.cfg.train.tokens_per_step
+        consumed = _add(origin.consumed_at_start, origin.weights, stage.init_at_tokens // per_step * per_step)
+        return prefix, consumed, f"{parent_stage.name} at {token_label(stage.init_at_tokens)}"
+
+    def _use(
+        self, cfg: RunConfig, stage: str, name: str, weight: float, tokens: int, before: dict, built: StepResult
+    ) -> SourceUse:
+        source = cfg.data.sources[name]
+        drawn = round(weight * tokens)
+        cumulative = before.get(name, 0) + drawn
+        available = available_tokens(source, built)
+        epochs = cumulative / available if available else None
+        if epochs is None:
+            status = "unknown"
+        elif epochs > source.max_epochs:
+            status = "over"
+            self._report(
+                self.errors,
+                name,
+                status,
+                f"data.sources.{name}: {epochs:.2f} epochs by the end of {stage} "
+                f"exceeds its max_epochs={source.max_epochs:g} ({cumulative:,} of {available:,} tokens)",
+            )
+        elif epochs > cfg.plan.warn_epochs:
+            status = "warn"
+            self._report(
+                self.warnings,
+                name,
+                status,
+                f"data.sources.{name}: {epochs:.2f} epochs by the end of {stage} "
+                f"(past {cfg.plan.warn_epochs:g}; cap {source.max_epochs:g})",
+            )
+        else:
+            status = "ok"
+        return SourceUse(
+            name=name,
+            domain=source.domain,
+            weight=weight,
+            tokens=drawn,
+            cumulative_tokens=cumulative,
+            available_tokens=available,
+            epochs=epochs,
+            max_epochs=source.max_epochs,
+            status=status,
+        )
+
+    def _report(self, messages: list[str], source: str, status: str, message: str) -> None:
+        """Each source is reported once per status: at the first stage that crosses the line."""
+        if (source, status) not in self._reported:
+            self._reported.add((source, status))
+            messages.append(message)
+
+    def result(self, cfg: RunConfig) -> Plan:
+        return Plan(
+            pipeline=cfg.pipeline.name,
+            workdir=str(workdir(cfg)),
+            gpu=cfg.plan.gpu,
+            peak_flops=cfg.plan.peak_flops,
+            mfu=cfg.plan.mfu,
+            stages=self.stages,
+            warnings=self.warnings,
+            errors=self.errors,
+        )
+
+
+def _add(before: dict[str, int], weights: dict[str, float], tokens: int) -> dict[str, int]:
+    after = dict(before)
+    for name, weight in weights.items():
+        after[name] = after.get(name, 0) + round(weight * tokens)
+    return after
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as text: the DAG with identities and completion, then the numbers per stage."""
+    lines = [f"pipeline {plan.pipeline}   work dir {plan.workdir}", ""]
+    listed: set[str] = set()
+    for stage in plan.stages:
+        domains = "  ".join(f"{k} {v:.1%}" for k, v in stage.domains.items())
+        lines.append(
+            f"stage {stage.index + 1} {stage.name}: {_tokens(stage.train_tokens)} tokens, "
+            f"{stage.optimizer_steps:,} steps x {stage.tokens_per_step:,} tokens, from {stage.start}"
+        )
+        lines.append(
+            f"  mixture {stage.mixture} ({stage.mixture_note}); LR peak {stage.peak_lr:g}, "
+            f"decay over {stage.decay_fraction:.0%} of the stage; seq {stage.seq_len}"
+        )
+        lines.append(f"  domains  {domains}")
+        lines.append(f"  {'source':<20}{'weight':>8}{'tokens':>10}{'total':>10}{'available':>11}{'epochs':>8}  ")
+        for use in stage.sources:
+            available = _tokens(use.available_tokens) if use.available_tokens else "?"
+            epochs = f"{use.epochs:.2f}" if use.epochs is not None else "?"
+            flag = {"warn": "WARN", "over": "OVER CAP", "unknown": "(measured at build)"}.get(use.status, "")
+            lines.append(
+                f"  {use.name:<20}{use.weight:>8.4f}{_tokens(use.tokens):>10}{_tokens(use.cumulative_tokens):>10}"
+                f"{available:>11}{epochs:>8}  {flag}"
+            )
+        lines.append(
+            f"  compute  N={stage.parameters:,}  {stage.flops:.3e} FLOPs  "
+            f"{_hours(stage.gpu_hours)} {plan.gpu} GPU-hours at {plan.mfu:.0%} MFU"
+        )
+        lines.append("  steps (those not listed under an earlier stage)")
+        for step in stage.steps:
+            if step.identity in listed:
+                continue
+            listed.add(step.identity)
+            state = "complete" if step.complete else "to run"
+            lines.append(f"    {step.kind:<10}{step.name:<44}{step.identity[:12]}  {state}")
+        lines.append("")
+    lines.append(
+        f"total: {_tokens(plan.train_tokens)} tokens, {plan.flops:.3e} FLOPs, "
+        f"{_hours(plan.gpu_hours)} GPU-hours ({plan.gpu}, {plan.peak_flops:.3g} FLOP/s peak, {plan.mfu:.0%} MFU)"
+    )
+    lines += [f"warning: {w}" for w in plan.warnings]
+    lines += [f"error: {e}" for e in plan.errors]
+    return "\n".join(lines)
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
+
+
+def _tokens(count: int | float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count / size >= 0.9995:
+            return f"{count / size:.3g}{unit}"
+    return str(int(count))

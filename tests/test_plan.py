@@ -1,0 +1,114 @@
+"""`smollm plan`: the DAG, tokens, epochs, FLOPs and GPU-hours of a pipeline, computing nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from flows.plan import make_plan, preflight
+from smollm.schema import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def smollm(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    return done, time.perf_counter() - started
+
+
+def test_the_recipe_plans_offline_in_under_10_seconds(tmp_path):
+    done, seconds = smollm("plan", f"workdir={tmp_path}", "pipeline=smollm2_1.7b")
+    assert done.returncode == 0, done.stderr
+    assert seconds < 10, seconds
+    out = done.stdout
+    for expected in (
+        "stage 1 stage1: 6T tokens",
+        "stage 4 stage4",
+        "stage 5 long_context: 75B tokens",
+        "from stage4 at 925B",
+        "fineweb_edu",
+        "open_web_math",
+        "FLOPs",
+        "GPU-hours at 40% MFU",
+        "smollm2_1.7b-stage4@925B",
+    ):
+        assert expected in out, expected
+    assert "warning: data.sources.open_web_math" in out  # 8+ epochs: past 4, within its cap
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generated_conf"]  # nothing was built
+
+
+def test_json_plan_parses_and_carries_the_numbers(tmp_path):
+    done, _ = smollm("plan", "--json", f"workdir={tmp_path}", "pipeline=smollm2_1.7b")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    stages = {s["name"]: s for s in plan["stages"]}
+    assert list(stages) == ["stage1", "stage2", "stage3", "stage4", "long_context"]
+    stage1 = stages["stage1"]
+    n, tokens = stage1["parameters"], stage1["train_tokens"]
+    assert n == 1_711_376_384 and tokens == 2_861_022 * 2_097_152  # whole steps of ~2M tokens
+    assert stage1["flops"] == pytest.approx((6 * n + 12 * 24 * 2048 * 2048) * tokens)
+    assert stage1["gpu_hours"] == pytest.approx(stage1["flops"] / (989e12 * 0.4) / 3600)
+    assert plan["flops"] == pytest.approx(sum(s["flops"] for s in plan["stages"]))
+    assert 1e23 < plan["flops"] < 1.5e23  # the paper: ~1e23 FLOPs for SmolLM2-1.7B
+    owm = {u["name"]: u for u in stages["stage2"]["sources"]}["open_web_math"]
+    assert owm["tokens"] == round(0.05 * stages["stage2"]["train_tokens"])
+    assert owm["epochs"] == pytest.approx(owm["cumulative_tokens"] / 12e9) and owm["status"] == "warn"
+    fineweb = {u["name"]: u for u in stages["stage2"]["sources"]}["fineweb_edu"]
+    assert fineweb["cumulative_tokens"] == round(0.54 * stage1["train_tokens"]) + fineweb["tokens"]
+    kinds = [s["kind"] for s in stages["long_context"]["steps"]]
+    assert kinds.count("train") == 2 and kinds[-1] == "eval"  # the stage-4 prefix, then the branch
+    assert not any(s["complete"] for s in stage1["steps"])
+    assert plan["errors"] == []
+
+
+def test_a_source_past_its_epoch_cap_is_refused_by_name(tmp_path, capsys):
+    overrides = [f"workdir={tmp_path}", "pipeline=smollm2_1.7b", "data.sources.open_web_math.max_epochs=5"]
+    assert main(["plan", *overrides]) == 1
+    captured = capsys.readouterr()
+    assert "OVER CAP" in captured.out
+    assert (
+        "error: data.sources.open_web_math: 8.33 epochs by the end of stage2 exceeds its max_epochs=5" in captured.err
+    )
+    with pytest.raises(ConfigError, match=r"^data\.sources\.open_web_math: .* exceeds its max_epochs=5"):
+        preflight(overrides)
+    assert main(["run", *overrides]) == 2  # refused before any compute
+    assert "error: data.sources.open_web_math" in capsys.readouterr().err
+    assert not (tmp_path / "tokenizer").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_demo_plan_matches_the_steps_the_run_would_take(built):
+    from smollm import stage
+
+    cfg, tokenizer, sources = built
+    plan = make_plan([f"workdir={cfg.workdir}", *_tiny(cfg)])
+    first = plan.stages[0]
+    steps = {(s.kind, s.name): s for s in first.steps}
+    assert steps[("tokenizer", "bpe_2k")].identity == tokenizer.identity
+    assert steps[("tokenizer", "bpe_2k")].complete  # the session fixture built it
+    for name, result in sources.items():
+        assert steps[("tokens", name)].identity == result.identity and steps[("tokens", name)].complete
+    expected = stage.train_step(cfg, cfg.pipeline.stages[0], sources, tokenizer, None)
+    assert first.train_identity == expected.identity and not steps[("train", expected.name)].complete
+    measured = {u.name: u.available_tokens for u in first.sources}
+    assert measured == {
+        n: json.loads((r.output / "manifest.json").read_text())["num_tokens"] for n, r in sources.items()
+    }
+    assert plan.stages[1].mixture_note.startswith("estimate")  # the rebalance after stage 1 has not run
+    assert all(u.status in ("ok", "warn") for s in plan.stages for u in s.sources) and not plan.errors
+
+
+def _tiny(cfg) -> list[str]:
+    from tests.conftest import tiny_overrides
+
+    return [o for o in tiny_overrides(cfg.workdir) if not o.startswith("workdir=")]
