@@ -21,7 +21,7 @@ from flows.compose import CONF_DIR, compose, compose_stage, generated_dir
 from smollm.config import RunConfig
 from smollm.rebalance import generated_mixture_name
 from smollm.runs import start_config_run
-from smollm.stage import needed_sources
+from smollm.stage import branch_points, needed_sources
 from smollm.steps import StepResult
 from smollm.tracking import make_tracker
 from tasks.data import build_source, build_tokenizer
@@ -60,7 +60,9 @@ def _checkpoint(start: dict[str, Any] | None) -> StepResult | None:
 
 
 def resolve_start(overrides: list[str], start: dict[str, Any] | None, stage_run_id: str) -> StepResult | None:
-    """The checkpoint a stage trains from; a branch point inside a stage is trained (once) here."""
+    """The checkpoint a stage trains from. A branch point inside a stage is that stage's prefix,
+    which its own flow kept on the way through; if it is missing (e.g. the branch was added
+    after that stage ran), it is trained here."""
     if start is None or start.get("at_tokens") is None:
         return _checkpoint(start)
     index = start["stage_index"]
@@ -134,7 +136,12 @@ def stage_flow(
     try:
         tokenizer, sources = build_data(cfg)
         init = resolve_start(overrides, start, stage_run_id)
-        outcome = train_stage(cfg, stage_index, sources, tokenizer, init, stage_run_id)
+        resume = None  # later stages branch off at these points: train through them, keep each
+        for at_tokens in branch_points(cfg, stage_index):
+            resume = train_stage(
+                cfg, stage_index, sources, tokenizer, init, stage_run_id, stop_at_tokens=at_tokens, resume_from=resume
+            ).step
+        outcome = train_stage(cfg, stage_index, sources, tokenizer, init, stage_run_id, resume_from=resume)
         tokens = outcome.summary["tokens_seen"]
         evals = evaluate(cfg, outcome.step, sources, stage_run_id, tokens)
         next_mixture, diff = None, None

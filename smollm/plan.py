@@ -18,6 +18,7 @@ from pathlib import Path
 
 from smollm.config import ModelConfig, RunConfig, SourceConfig
 from smollm.stage import (
+    branch_points,
     eval_step,
     needed_sources,
     source_step,
@@ -36,6 +37,8 @@ class PlannedStep:
     identity: str
     output: str
     complete: bool
+    upstream: list[str]
+    """Identities of the steps this one reads (the DAG's edges)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def flops_per_token(model: ModelConfig, parameters: int, seq_len: int) -> float:
 
 def _planned(step: Step, root: Path) -> tuple[PlannedStep, StepResult]:
     output = step.output_dir(root)
-    planned = PlannedStep(step.kind, step.name, step.identity, str(output), is_complete(output))
+    planned = PlannedStep(step.kind, step.name, step.identity, str(output), is_complete(output), list(step.upstream))
     return planned, StepResult(output, step.identity, computed=False)
 
 
@@ -155,6 +158,7 @@ class Planner:
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self._reported: set[tuple[str, str]] = set()
+        self.prefixes: dict[tuple[int, int], StepResult] = {}
 
     def stage(self, cfg: RunConfig, index: int, mixture_note: str = "declared") -> StagePlan:
         root = workdir(cfg)
@@ -166,7 +170,12 @@ class Planner:
         for name in needed_sources(cfg):
             planned, sources[name] = _planned(source_step(cfg, name, tokenizer), root)
             steps.append(planned)
-        start, consumed, start_label = self._start(cfg, index, steps)
+        start, consumed, start_label = self._start(cfg, index)
+        for at_tokens in branch_points(cfg, index):  # prefixes later stages branch from
+            planned, self.prefixes[(index, at_tokens)] = _planned(
+                train_step(cfg, stage, sources, tokenizer, start, at_tokens), root
+            )
+            steps.append(planned)
         planned, trained = _planned(train_step(cfg, stage, sources, tokenizer, start), root)
         steps.append(planned)
         steps.append(_planned(eval_step(cfg, trained, sources), root)[0])
@@ -204,7 +213,7 @@ class Planner:
         self.stages.append(plan)
         return plan
 
-    def _start(self, cfg: RunConfig, index: int, steps: list[PlannedStep]) -> tuple[StepResult | None, dict, str]:
+    def _start(self, cfg: RunConfig, index: int) -> tuple[StepResult | None, dict, str]:
         """The checkpoint stage `index` starts from, the tokens drawn per source before it."""
         stage = cfg.pipeline.stages[index]
         parent = cfg.pipeline.parent(index)
@@ -215,16 +224,14 @@ class Planner:
         if stage.init_at_tokens is None:
             consumed = _add(origin.consumed_at_start, origin.weights, origin.tokens)
             return origin.train, consumed, f"{parent_stage.name} (end)"
-        # a branch point inside the parent: its prefix is a step of its own
-        root = workdir(origin.cfg)
-        _, tok = _planned(tokenizer_step(origin.cfg), root)
-        parent_sources = {name: _planned(source_step(origin.cfg, name, tok), root)[1] for name in origin.weights}
-        step = train_step(origin.cfg, parent_stage, parent_sources, tok, origin.start, stage.init_at_tokens)
-        planned, prefix = _planned(step, root)
-        steps.append(planned)
+        # a branch point inside the parent: the parent's prefix, planned with the parent
         per_step = origin.cfg.train.tokens_per_step
         consumed = _add(origin.consumed_at_start, origin.weights, stage.init_at_tokens // per_step * per_step)
-        return prefix, consumed, f"{parent_stage.name} at {token_label(stage.init_at_tokens)}"
+        return (
+            self.prefixes[(parent, stage.init_at_tokens)],
+            consumed,
+            f"{parent_stage.name} at {token_label(stage.init_at_tokens)}",
+        )
 
     def _use(
         self, cfg: RunConfig, stage: str, name: str, weight: float, tokens: int, before: dict, built: StepResult

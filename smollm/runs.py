@@ -52,12 +52,13 @@ def tracked_train(
     stage_run_id: str,
     flow_run_id: str | None,
     stop_at_tokens: int | None = None,
+    resume_from: StepResult | None = None,
 ) -> TrainOutcome:
     """Train the stage (or its prefix up to `stop_at_tokens`) in a child MLflow run of the stage run."""
     name = f"train/{stage.name}" + (f"@{token_label(stop_at_tokens)}" if stop_at_tokens else "")
     run_id = start_config_run(tracker, cfg, name, "train", parent_run_id=stage_run_id, flow_run_id=flow_run_id)
     try:
-        outcome = train(cfg, stage, sources, tokenizer, previous, tracker, run_id, stop_at_tokens)
+        outcome = train(cfg, stage, sources, tokenizer, previous, tracker, run_id, stop_at_tokens, resume_from)
         summary = outcome.summary
         if not outcome.step.computed:  # the per-step curves live in the run that trained it
             tracker.set_tags(run_id, {"smollm.trained_in_run": str(summary.get("mlflow_run_id"))})

@@ -132,6 +132,17 @@ def train_step(
     )
 
 
+def branch_points(cfg: RunConfig, stage_index: int) -> list[int]:
+    """Tokens into stage `stage_index` at which later stages branch off (its prefixes), sorted."""
+    pipeline = cfg.pipeline
+    points = {
+        s.init_at_tokens
+        for i, s in enumerate(pipeline.stages)
+        if s.init_at_tokens is not None and pipeline.parent(i) == stage_index
+    }
+    return sorted(points)
+
+
 def token_label(tokens: int) -> str:
     """`925000000000` -> `925B`: short, exact where it can be."""
     for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
@@ -155,8 +166,12 @@ def train(
     tracker: Tracker | None = None,
     run_id: str | None = None,
     stop_at_tokens: int | None = None,
+    resume_from: StepResult | None = None,
 ) -> TrainOutcome:
-    """Train `stage` (from `previous`'s checkpoint if given); reuse a complete output."""
+    """Train `stage` (from `previous`'s checkpoint if given); reuse a complete output.
+
+    `resume_from`, a complete prefix of the same stage, is continued instead of retraining its
+    tokens; it does not enter the identity (the result is the same either way)."""
     from smollm.train import StageRun, train_stage
 
     step = train_step(cfg, stage, sources, tokenizer, previous, stop_at_tokens)
@@ -172,6 +187,7 @@ def train(
         init_checkpoint=previous.output if previous else None,
         resume_dir=resume_dir,
         stop_at_tokens=stop_at_tokens,
+        resume_from=resume_from.output if resume_from else None,
     )
     result = run_step(step, workdir(cfg), lambda out: train_stage(run, out, tracker, run_id))
     shutil.rmtree(resume_dir, ignore_errors=True)  # the committed checkpoint supersedes it

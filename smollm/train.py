@@ -50,6 +50,9 @@ class StageRun:
     """Where intermediate checkpoints go, so a killed run resumes."""
     stop_at_tokens: int | None = None
     """Stop this many tokens into the stage (its LR schedule still spans the whole stage)."""
+    resume_from: Path | None = None
+    """A complete prefix of this same stage (`stop_at_tokens` output) to continue from: the
+    result is bit-identical to training through it, so a branch point costs no extra compute."""
 
 
 def _rng_state() -> dict[str, Any]:
@@ -161,7 +164,7 @@ class Trainer:
         return model, state
 
     def _resume(self) -> Path | None:
-        point = latest_resume_point(self.run.resume_dir)
+        point = latest_resume_point(self.run.resume_dir) or self.run.resume_from
         if point is None:
             return None
         model, state = load_checkpoint(point)

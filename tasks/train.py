@@ -21,6 +21,7 @@ def train_stage(
     previous: StepResult | None,
     stage_run_id: str,
     stop_at_tokens: int | None = None,
+    resume_from: StepResult | None = None,
 ) -> TrainOutcome:
     return tracked_train(
         cfg,
@@ -32,4 +33,5 @@ def train_stage(
         stage_run_id=stage_run_id,
         flow_run_id=flow_run.id,
         stop_at_tokens=stop_at_tokens,
+        resume_from=resume_from,
     )

@@ -64,6 +64,8 @@ def test_the_branch_starts_from_a_prefix_of_the_base_stage(branch_run):
     assert prefix.name.startswith("branch_test-base@76.8K-")
     prefix_losses, base_losses = _losses(str(prefix)), _losses(base["checkpoint"])
     assert prefix_losses == base_losses[: len(prefix_losses)] and len(prefix_losses) == 150  # 76800 / 512
+    # the base stage kept the branch point on its way and went on from it: no token trained twice
+    assert base["summary"]["resumed_from"] == str(prefix)
     summary = long["summary"]
     assert summary["start_tokens"] == 76800 and summary["tokens_seen"] == 76800 + 25600
     assert summary["final_lr"] == 0.0
@@ -88,5 +90,5 @@ def test_the_plan_of_a_finished_pipeline_has_every_step_complete(branch_run):
         assert all(step.complete for step in stage.steps), [s.name for s in stage.steps if not s.complete]
     assert plan.stages[0].train_identity == result["stages"][0]["identity"]
     assert plan.stages[1].train_identity == result["stages"][1]["identity"]
-    assert result["stages"][1]["init"]["identity"] in {s.identity for s in plan.stages[1].steps}
+    assert result["stages"][1]["init"]["identity"] in {s.identity for s in plan.stages[0].steps}
     assert plan.stages[1].start == "base at 76.8K" and plan.stages[1].seq_len == 128

@@ -66,8 +66,13 @@ def test_json_plan_parses_and_carries_the_numbers(tmp_path):
     assert owm["epochs"] == pytest.approx(owm["cumulative_tokens"] / 12e9) and owm["status"] == "warn"
     fineweb = {u["name"]: u for u in stages["stage2"]["sources"]}["fineweb_edu"]
     assert fineweb["cumulative_tokens"] == round(0.54 * stage1["train_tokens"]) + fineweb["tokens"]
-    kinds = [s["kind"] for s in stages["long_context"]["steps"]]
-    assert kinds.count("train") == 2 and kinds[-1] == "eval"  # the stage-4 prefix, then the branch
+    trains = [s["name"] for s in stages["stage4"]["steps"] if s["kind"] == "train"]
+    assert trains == ["smollm2_1.7b-stage4@925B", "smollm2_1.7b-stage4"]  # stage 4 keeps the branch point
+    # the DAG's edges: the branch reads the prefix, which reads stage 3's checkpoint
+    steps = {s["name"]: s for stage in plan["stages"] for s in stage["steps"]}
+    prefix, branch = steps["smollm2_1.7b-stage4@925B"], steps["smollm2_1.7b-long_context"]
+    assert prefix["identity"] in branch["upstream"] and steps["smollm2_1.7b-stage3"]["identity"] in prefix["upstream"]
+    assert steps["smollm2_1.7b-stage4"]["identity"] not in branch["upstream"]
     assert not any(s["complete"] for s in stage1["steps"])
     assert plan["errors"] == []
 

@@ -75,6 +75,27 @@ def test_a_prefix_is_the_start_of_the_full_stage_on_the_full_schedule(built, tmp
     assert state["tokens_seen"] == stop
 
 
+def test_continuing_from_a_prefix_is_bit_identical_to_training_through_it(built, tmp_path):
+    cfg, tokenizer, sources = built
+    decaying = dataclasses.replace(
+        cfg.pipeline.stages[0], train_tokens=12 * cfg.train.tokens_per_step, decay_fraction=1.0
+    )
+    (tmp_path / "prefix").mkdir()
+    Trainer(_run(cfg, sources, tokenizer, stage=decaying, stop_at_tokens=7 * cfg.train.tokens_per_step)).run_to_end(
+        tmp_path / "prefix"
+    )
+    for name, resume in (("through", None), ("continued", tmp_path / "prefix")):
+        (tmp_path / name).mkdir()
+        Trainer(_run(cfg, sources, tokenizer, stage=decaying, resume_from=resume)).run_to_end(tmp_path / name)
+    assert _losses(tmp_path / "continued") == _losses(tmp_path / "through")
+    through, _ = load_checkpoint(tmp_path / "through")
+    continued, state = load_checkpoint(tmp_path / "continued")
+    for (name, a), (_, b) in zip(through.state_dict().items(), continued.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    summary = json.loads((tmp_path / "continued" / "summary.json").read_text())
+    assert summary["resumed_from"] == str(tmp_path / "prefix") and state["step"] == 12
+
+
 def test_a_branch_may_change_rope_and_context_length_but_not_shapes(built, tmp_path):
     cfg, tokenizer, sources = built
     (tmp_path / "base").mkdir()
