@@ -139,7 +139,6 @@ class _Lineage:
     """Per-stage bookkeeping a later stage starts from."""
 
     train: StepResult
-    start: StepResult | None
     consumed_at_start: dict[str, int]
     weights: dict[str, float]
     cfg: RunConfig
@@ -152,7 +151,7 @@ class Planner:
 
     def __init__(self, parameters: dict[str, int]) -> None:
         self.parameters = parameters
-        """Exact parameter count per model name (counted once by the caller, on meta)."""
+        """Exact parameter count per model name (`smollm.model.parameter_count`)."""
         self.lineage: list[_Lineage] = []
         self.stages: list[StagePlan] = []
         self.warnings: list[str] = []
@@ -183,7 +182,7 @@ class Planner:
         train = cfg.train
         optimizer_steps = stage.train_tokens // train.tokens_per_step
         tokens = optimizer_steps * train.tokens_per_step
-        self.lineage.append(_Lineage(trained, start, consumed, weights, cfg, tokens))
+        self.lineage.append(_Lineage(trained, consumed, weights, cfg, tokens))
         uses = [self._use(cfg, stage.name, name, w, tokens, consumed, sources[name]) for name, w in weights.items()]
         domains: dict[str, float] = {}
         for use in uses:
