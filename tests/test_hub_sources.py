@@ -498,6 +498,14 @@ def test_pretrained_tokenizer_loads_from_a_local_folder(local_smollm2_tokenizer)
     assert tok.decode(tok.encode(sample, add_special_tokens=False)) == sample
 
 
+def test_an_unreachable_pretrained_tokenizer_is_one_line_naming_the_path(tmp_path):
+    hub = yaml.safe_load((CONF / "tokenizer" / "smollm2.yaml").read_text())
+    config = from_dict(TokenizerConfig, {**hub, "path": str(tmp_path / "missing")}, "tokenizer")
+    with pytest.raises(ValueError, match=r"^tokenizer\.path: cannot load '.*missing': [^\n]+$"):
+        build_tokenizer(config, [], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name", HUB_SOURCES)
 def test_hub_source_tokenizes_from_its_standin(name, standins, local_smollm2_tokenizer, tmp_path):
     """Read, hold out, tokenize: the build step of a hub source, on its stand-in."""

@@ -62,7 +62,10 @@ def copy_pretrained(config: TokenizerConfig, output: Path) -> None:
     """A pretrained tokenizer (hub id or local folder), saved into the step output."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config.path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.path)
+    except OSError as err:  # no such folder, or a hub id with no hub access and no cached copy
+        raise ValueError(f"tokenizer.path: cannot load {config.path!r}: {str(err).splitlines()[0]}") from None
     if len(tokenizer) != config.vocab_size:
         raise ValueError(f"tokenizer.vocab_size: {config.path} has {len(tokenizer)}, got {config.vocab_size}")
     tokenizer.save_pretrained(output)
