@@ -129,9 +129,6 @@ class SourceConfig:
             check(self.builtin is not None, "builtin", "is required for loader 'builtin'", None)
         else:
             check(bool(self.path), "path", "is required for loader 'hf'", self.path)
-        check(
-            self.domain in ("web", "code", "math", "other"), "domain", "must be web, code, math or other", self.domain
-        )
         for name in ("subset", "data_dir"):
             value = getattr(self, name)
             if isinstance(value, tuple | list):

@@ -26,7 +26,7 @@ import numpy as np
 from smollm.config import MixtureConfig, ModelConfig, StageConfig, TrainConfig
 from smollm.data.sampler import MixtureSampler
 from smollm.data.shards import TokenizedSource
-from smollm.model import build_model
+from smollm.model import build_model, llama_config
 from smollm.schedule import stage_schedule
 from smollm.steps import atomic_dir_swap
 from smollm.tracking import NullTracker, Tracker
@@ -94,14 +94,18 @@ def save_checkpoint(folder: Path, model, tokenizer_dir: Path, state: dict[str, A
     torch.save(state, folder / STATE_FILE)
 
 
-def load_checkpoint(folder: Path) -> tuple[Any, dict[str, Any]]:
-    """The model and trainer state of a checkpoint folder; a clear error if it is missing."""
+def load_checkpoint(folder: Path, shape: ModelConfig | None = None) -> tuple[Any, dict[str, Any]]:
+    """The model and trainer state of a checkpoint folder; a clear error if it is missing.
+
+    With `shape`, the weights load into that shape's config (RoPE θ and context length may
+    differ from the checkpoint's; a weight of another size is a RuntimeError)."""
     import torch
     from transformers import LlamaForCausalLM
 
     if not (folder / STATE_FILE).is_file() or not (folder / "model" / "config.json").is_file():
         raise FileNotFoundError(f"checkpoint {folder}: missing {STATE_FILE} or model/ (not a complete checkpoint)")
-    model = LlamaForCausalLM.from_pretrained(folder / "model")
+    config = {"config": llama_config(shape)} if shape is not None else {}
+    model = LlamaForCausalLM.from_pretrained(folder / "model", **config)
     state = torch.load(folder / STATE_FILE, weights_only=False)
     return model, state
 
@@ -152,16 +156,14 @@ class Trainer:
         import torch
 
         torch.manual_seed(self.run.train.seed)
-        model = build_model(self.run.model, seed=self.run.train.seed)
         if self.run.init_checkpoint is None:
-            return model, None
-        trained, state = load_checkpoint(self.run.init_checkpoint)
+            return build_model(self.run.model, seed=self.run.train.seed), None
         try:  # the stage's own shape (e.g. a new RoPE θ or context length) with the trained weights
-            model.load_state_dict(trained.state_dict())
-        except RuntimeError as err:
-            first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-            raise ValueError(f"model: does not fit the checkpoint {self.run.init_checkpoint}: {first}") from None
-        return model, state
+            return load_checkpoint(self.run.init_checkpoint, self.run.model)
+        except RuntimeError:  # transformers has logged which weights differ
+            raise ValueError(
+                f"model: does not fit the checkpoint {self.run.init_checkpoint}: size mismatch of its weights"
+            ) from None
 
     def _resume(self) -> Path | None:
         point = latest_resume_point(self.run.resume_dir) or self.run.resume_from
