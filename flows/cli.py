@@ -4,6 +4,10 @@ smollm run pipeline=demo train.seed=3     run a pipeline end to end (Prefect, ep
 smollm config model=smollm2_1.7b          compose + validate, print the resolved config
 smollm plan pipeline=smollm2_1.7b [--json] the steps, identities, tokens, epochs, FLOPs, GPU-hours
                                           (exit 1 when a source would pass its epoch cap)
+smollm anneal -m anneal.candidate=synthetic_math,stdlib_code anneal.share=0.3,0.6
+                                          annealing runs from anneal.base's checkpoint, + a control
+smollm ablate -m ablate.candidate=ablation_code_heavy,ablation_math_heavy train.seed=0,1
+                                          data ablations from scratch, + the control mixture
 """
 
 from __future__ import annotations
@@ -39,6 +43,35 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sweep_report(result: dict[str, Any]) -> str:
+    """The sweep's summary table and where its records are."""
+    from smollm.sweep import format_table
+
+    trained = ", ".join(result["trained"]) or "nothing (every member was complete)"
+    return "\n".join(
+        [
+            f"{result['kind']} sweep {result['sweep_id']}: {len(result['members'])} members, trained {trained}",
+            "",
+            format_table(result["rows"]),
+            "",
+            f"summary and chart: {result['folder']}",
+            f"MLflow store:      {result['tracking_uri']}  (sweep run {result['sweep_run_id']})",
+        ]
+    )
+
+
+def run_sweep(kind: str, overrides: list[str], *, multirun: bool) -> int:
+    from flows.runtime import embedded_settings
+    from flows.sweep import member_specs, split_multirun, sweep_flow
+
+    common, members = split_multirun(overrides, multirun=multirun, kind=kind)
+    member_specs(kind, common, members)  # every member valid before a server starts
+    with embedded_settings():
+        result = sweep_flow(kind=kind, overrides=common, members=members)
+    print(sweep_report(result))
+    return 0
+
+
 def print_plan(overrides: list[str], *, as_json: bool) -> int:
     from flows.plan import make_plan
     from smollm.plan import format_plan
@@ -59,14 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         ("run", "run a pipeline end to end"),
         ("config", "print the resolved config"),
         ("plan", "print what a pipeline would run and cost, computing nothing"),
+        ("anneal", "run a sweep of annealing runs (a control is added)"),
+        ("ablate", "run a sweep of data ablations (the control mixture is added)"),
     )
     for name, text in commands:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. pipeline=demo train.seed=3")
         if name == "plan":
             cmd.add_argument("--json", action="store_true", help="print the plan as JSON")
+        if name in ("anneal", "ablate"):
+            cmd.add_argument("-m", "--multirun", action="store_true", help="sweep comma-separated values (Hydra)")
     args = parser.parse_args(argv)
     try:
+        if args.command in ("anneal", "ablate"):
+            return run_sweep(args.command, args.overrides, multirun=args.multirun)
         cfg = compose(args.overrides)
         if args.command == "plan":
             return print_plan(args.overrides, as_json=args.json)

@@ -127,6 +127,22 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def declared_sweep_params(overrides: Sequence[str] = (), config_name: str = "config") -> dict[str, str]:
+    """The sweep axes a config declares under `hydra.sweeper.params` (e.g. a protocol's candidates)."""
+    from hydra import compose as hydra_compose
+    from omegaconf import OmegaConf
+
+    _initialise_hydra()
+    search = generated_dir(_workdir_of(overrides))
+    cfg = hydra_compose(
+        config_name=config_name,
+        overrides=[*map(normalise_override, overrides), f"hydra.searchpath=[file://{search}]"],
+        return_hydra_config=True,
+    )
+    params = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False).get("params") or {}
+    return {str(k): str(v) for k, v in params.items()}
+
+
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> RunConfig:
     """Compose and validate: a bad value fails here, with its field and value, before any compute."""
     return load_run_config(compose_dict(overrides, config_name))

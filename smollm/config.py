@@ -298,6 +298,29 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StageSweepConfig:
+    """Annealing runs or data ablations a stage declares; they run after its training, before its
+    rebalance, and their results (scores, deltas vs the control) are inputs of the rebalance."""
+
+    candidates: list[str]
+    """Annealing: candidate sources; ablation: candidate mixtures."""
+    shares: list[float] = field(default_factory=lambda: [0.6])
+    """Annealing: the candidate's share of the annealing mixture (the rest: the stage's mixture)."""
+    seeds: list[int] = field(default_factory=list)
+    """`train.seed` per member; empty: the config's seed."""
+    train_tokens: int | None = None
+    """Each member's budget; None: `anneal.train_tokens` / `ablate.train_tokens`."""
+
+    def __post_init__(self) -> None:
+        check(len(self.candidates) > 0, "candidates", "must name at least one candidate", self.candidates)
+        check(len(set(self.candidates)) == len(self.candidates), "candidates", "must be unique", self.candidates)
+        for share in self.shares:
+            check(0 < share <= 1, "shares", "must be in (0, 1]", share)
+        if self.train_tokens is not None:
+            check(self.train_tokens > 0, "train_tokens", "must be > 0", self.train_tokens)
+
+
+@dataclass(frozen=True, kw_only=True)
 class StageConfig:
     """One stage: a token budget, its mixture, where it starts and how much of it decays the LR."""
 
@@ -315,6 +338,10 @@ class StageConfig:
     (e.g. context extension from stage 4 before its last 75B tokens)."""
     overrides: list[str] = field(default_factory=list)
     """Hydra overrides composed into this stage's config only (e.g. `model.rope_theta=130000`)."""
+    anneal: StageSweepConfig | None = None
+    """Annealing runs from this stage's checkpoint, one per candidate source and share."""
+    ablate: StageSweepConfig | None = None
+    """Data ablations (from scratch) on candidate mixtures."""
 
     def __post_init__(self) -> None:
         check(self.train_tokens > 0, "train_tokens", "must be > 0", self.train_tokens)
@@ -452,6 +479,64 @@ class PlanConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnnealConfig:
+    """One annealing run: from a stage's checkpoint, decay the LR linearly to 0 over `train_tokens`
+    on `share` of the candidate source(s) + `1 - share` of the base stage's mixture.
+    `candidate: null` is the control (the base stage's mixture only)."""
+
+    base: str | None = None
+    """The pipeline stage whose checkpoint every member starts from (model + optimizer state)."""
+    base_at_tokens: int | None = None
+    """A point inside `base` (its prefix, e.g. the last stable checkpoint); None: its end."""
+    candidate: str | list[str] | None = None
+    share: float = 0.6
+    train_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        check(0 < self.share <= 1, "share", "must be in (0, 1]", self.share)
+        check(self.train_tokens > 0, "train_tokens", "must be > 0", self.train_tokens)
+        if self.base_at_tokens is not None:
+            check(self.base_at_tokens > 0, "base_at_tokens", "must be > 0", self.base_at_tokens)
+        if isinstance(self.candidate, list):
+            check(len(self.candidate) > 0, "candidate", "must name at least one source", self.candidate)
+
+    @property
+    def candidates(self) -> list[str]:
+        if self.candidate is None:
+            return []
+        return [self.candidate] if isinstance(self.candidate, str) else list(self.candidate)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AblateConfig:
+    """One data ablation: train from scratch on the `candidate` mixture for `train_tokens`.
+    `candidate: null` is the control, trained on the `control` mixture."""
+
+    candidate: str | None = None
+    control: str | None = None
+    """The baseline mixture every ablation sweep adds (None: no control, no deltas)."""
+    train_tokens: int = 1
+    decay_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        check(self.train_tokens > 0, "train_tokens", "must be > 0", self.train_tokens)
+        check(0 <= self.decay_fraction <= 1, "decay_fraction", "must be in [0, 1]", self.decay_fraction)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """How a sweep's members run locally: at most `max_concurrency` at once, each in its own process."""
+
+    max_concurrency: int = 2
+    threads_per_member: int = 0
+    """torch threads per member (0: the machine's cores / the members running at once)."""
+
+    def __post_init__(self) -> None:
+        check(self.max_concurrency > 0, "max_concurrency", "must be > 0", self.max_concurrency)
+        check(self.threads_per_member >= 0, "threads_per_member", "must be >= 0", self.threads_per_member)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """The whole composed config of one pipeline (or one stage of it)."""
 
@@ -467,6 +552,9 @@ class RunConfig:
     tracking: TrackingConfig
     rebalance: RebalanceConfig
     plan: PlanConfig = field(default_factory=PlanConfig)
+    anneal: AnnealConfig = field(default_factory=AnnealConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         check(
@@ -495,6 +583,24 @@ class RunConfig:
                 f"must be >= tokens per step {self.train.tokens_per_step}",
                 stage.train_tokens,
             )
+        declared = sorted(self.data.sources)
+        for source in self.anneal.candidates:
+            check(source in self.data.sources, "anneal.candidate", f"is not a declared source {declared}", source)
+        if self.anneal.base is not None:
+            check(
+                self.anneal.base in [s.name for s in self.pipeline.stages],
+                "anneal.base",
+                f"must name a stage of pipeline {self.pipeline.name} {[s.name for s in self.pipeline.stages]}",
+                self.anneal.base,
+            )
+        for stage in self.pipeline.stages:
+            for source in stage.anneal.candidates if stage.anneal else ():
+                check(
+                    source in self.data.sources,
+                    f"pipeline.stages.{stage.name}.anneal.candidates",
+                    f"is not a declared source {declared}",
+                    source,
+                )
         for rule in self.rebalance.rules:
             for source in (*rule.raise_sources, *rule.lower_sources):
                 check(

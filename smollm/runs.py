@@ -53,10 +53,14 @@ def tracked_train(
     flow_run_id: str | None,
     stop_at_tokens: int | None = None,
     resume_from: StepResult | None = None,
+    run_id: str | None = None,
 ) -> TrainOutcome:
-    """Train the stage (or its prefix up to `stop_at_tokens`) in a child MLflow run of the stage run."""
-    name = f"train/{stage.name}" + (f"@{token_label(stop_at_tokens)}" if stop_at_tokens else "")
-    run_id = start_config_run(tracker, cfg, name, "train", parent_run_id=stage_run_id, flow_run_id=flow_run_id)
+    """Train the stage (or its prefix up to `stop_at_tokens`) in a child MLflow run of the stage run,
+    or in `run_id` (left open: a sweep member logs its evaluation there too)."""
+    own_run = run_id is None
+    if run_id is None:
+        name = f"train/{stage.name}" + (f"@{token_label(stop_at_tokens)}" if stop_at_tokens else "")
+        run_id = start_config_run(tracker, cfg, name, "train", parent_run_id=stage_run_id, flow_run_id=flow_run_id)
     try:
         outcome = train(cfg, stage, sources, tokenizer, previous, tracker, run_id, stop_at_tokens, resume_from)
         summary = outcome.summary
@@ -85,8 +89,46 @@ def tracked_train(
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise
-    tracker.end_run(run_id)
+    if own_run:
+        tracker.end_run(run_id)
     return outcome
+
+
+def tracked_member(
+    cfg: RunConfig,
+    stage: StageConfig,
+    sources: dict[str, StepResult],
+    tokenizer: StepResult,
+    base: StepResult | None,
+    tracker: Tracker,
+    *,
+    run_id: str,
+    flow_run_id: str | None,
+) -> dict[str, Any]:
+    """One sweep member in its MLflow run: train from `base` (or from scratch), evaluate, record
+    the tokens it drew per source; the run ends FINISHED, or FAILED on any error."""
+    try:
+        outcome = tracked_train(
+            cfg, stage, sources, tokenizer, base, tracker, stage_run_id=run_id, flow_run_id=flow_run_id, run_id=run_id
+        )
+        summary = outcome.summary
+        evals = tracked_evaluate(
+            cfg, outcome.step, sources, tracker, stage_run_id=run_id, tokens_seen=summary["tokens_seen"]
+        )
+        tokens = summary["stage_tokens_per_source"]
+        tracker.log_metrics(run_id, {f"member/tokens/{k}": v for k, v in tokens.items()}, step=summary["tokens_seen"])
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id)
+    return {
+        "run_id": run_id,
+        "checkpoint": str(outcome.step.output),
+        "trained": outcome.step.computed,
+        "summary": summary,
+        "evals": evals,
+        "stage_tokens_per_source": tokens,
+    }
 
 
 def tracked_evaluate(
