@@ -40,6 +40,7 @@ from smollm.sweep import (
     Member,
     anneal_weights,
     format_table,
+    make_member,
     plot_deltas,
     summary_rows,
     sweep_id,
@@ -213,9 +214,51 @@ def _threads(cfg: RunConfig, workers: int) -> int:
     return cfg.sweep.threads_per_member or max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def run_members(specs: list[MemberSpec], kwargs: dict[str, dict[str, Any]], limit: int) -> dict[str, dict]:
-    """Complete members are re-recorded here; the rest run in a process pool of at most `limit`."""
+def member_job(
+    kind: str, overrides: list[str], member: list[str], base_checkpoint: dict[str, Any] | None, run_id: str
+) -> dict[str, Any]:
+    """One member from plain, JSON-able arguments: what a remote launcher (a Hydra launcher's
+    job, a work pool's flow run) executes. Same composition, so the same identities; the data
+    and base checkpoint are the sweep's (a shared work dir), found complete."""
+    from smollm import stage as steps
+    from smollm.runs import tracked_member
+
+    spec = member_spec(overrides, make_member(kind, member), base_checkpoint)
+    tokenizer = steps.build_tokenizer(spec.cfg)
+    sources = {n: steps.build_source(spec.cfg, n, tokenizer) for n in needed_sources(spec.cfg)}
+    base = (
+        None
+        if base_checkpoint is None
+        else StepResult(Path(base_checkpoint["checkpoint"]), base_checkpoint["identity"], False)
+    )
+    tracker = make_tracker(spec.cfg.tracking, Path(spec.cfg.workdir))
+    return tracked_member(spec.cfg, spec.stage, sources, tokenizer, base, tracker, run_id=run_id, flow_run_id=None)
+
+
+@flow(name="smollm-sweep-member", log_prints=True)
+def member_flow(
+    kind: str, overrides: list[str], member: list[str], base_checkpoint: dict[str, Any] | None, run_id: str
+) -> dict[str, Any]:
+    """One sweep member, deployable on a work pool (`sweep.launcher=work_pool`)."""
+    return member_job(kind, overrides, member, base_checkpoint, run_id)
+
+
+def run_members(
+    specs: list[MemberSpec], kwargs: dict[str, dict[str, Any]], cfg: RunConfig, jobs: dict[str, dict[str, Any]]
+) -> dict[str, dict]:
+    """Complete members are re-recorded here; the rest run in a process pool of at most
+    `sweep.max_concurrency`, or go to the configured remote launcher (`jobs`: their plain form)."""
+    limit = cfg.sweep.max_concurrency
     pending = [s for s in specs if not s.complete]
+    if cfg.sweep.launcher != "local" and pending:
+        from flows.launchers import launch_members
+
+        remote = launch_members(cfg.sweep, {s.member.name: jobs[s.member.name] for s in pending})
+        done = [s for s in specs if s.complete]
+        return {
+            **{s.member.name: run_member(**kwargs[s.member.name], threads=s.cfg.train.num_threads) for s in done},
+            **remote,
+        }
     workers = min(limit, len(pending))
     results = {}
     for spec in specs:
@@ -320,7 +363,7 @@ def sweep_flow(
         sid = sweep_id(kind, [s.train_identity + s.eval_identity for s in specs])
         tracker.set_tags(run_id, {"smollm.sweep_id": sid, "smollm.sweep_kind": kind})
         print(f"{title}: {len(specs)} members, {sum(not s.complete for s in specs)} to run")
-        kwargs = {}
+        kwargs, jobs = {}, {}
         for spec in specs:
             member_run = start_config_run(
                 tracker, spec.cfg, f"{kind}/{spec.member.name}", kind, parent_run_id=run_id, flow_run_id=flow_run.id
@@ -334,7 +377,14 @@ def sweep_flow(
                 "base": base_result,
                 "run_id": member_run,
             }
-        results = run_members(specs, kwargs, cfg.sweep.max_concurrency)
+            jobs[spec.member.name] = {
+                "kind": kind,
+                "overrides": common,
+                "member": list(spec.member.overrides),
+                "base_checkpoint": base_checkpoint,
+                "run_id": member_run,
+            }
+        results = run_members(specs, kwargs, cfg, jobs)
         metrics = {s.member.name: tracker.latest_metrics(results[s.member.name]["run_id"]) for s in specs}
         tokens = {name: r["stage_tokens_per_source"] for name, r in results.items()}
         rows = summary_rows([s.member for s in specs], metrics, tokens)

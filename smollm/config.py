@@ -530,9 +530,16 @@ class SweepConfig:
     max_concurrency: int = 2
     threads_per_member: int = 0
     """torch threads per member (0: the machine's cores / the members running at once)."""
+    launcher: Literal["local", "hydra", "work_pool"] = "local"
+    """`local`: Prefect's process pool here; `hydra`: the Hydra launcher the overrides select
+    (`hydra/launcher=submitit_slurm`); `work_pool`: a run of the `deployment` per member."""
+    deployment: str | None = None
+    """For `work_pool`: the member flow's deployment, `smollm-sweep-member/<name>`."""
 
     def __post_init__(self) -> None:
         check(self.max_concurrency > 0, "max_concurrency", "must be > 0", self.max_concurrency)
+        if self.launcher == "work_pool":
+            check(bool(self.deployment), "deployment", "is required for launcher 'work_pool'", self.deployment)
         check(self.threads_per_member >= 0, "threads_per_member", "must be >= 0", self.threads_per_member)
 
 
