@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_TELEMETRY := false
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test bench lint format clean
 
 install: $(VENV)/.installed
 
@@ -27,8 +27,8 @@ demo: install
 	$(BIN)/smollm run pipeline=demo
 
 lint: install
-	$(BIN)/ruff check smollm tasks flows tests
-	$(BIN)/ruff format --check smollm tasks flows tests
+	$(BIN)/ruff check smollm tasks flows tests bench
+	$(BIN)/ruff format --check smollm tasks flows tests bench
 	$(BIN)/mypy smollm
 
 format: install
@@ -37,6 +37,9 @@ format: install
 
 test: install lint
 	$(PY) -m pytest -m "not gpu" -q
+
+bench: install
+	$(PY) bench/sweep_concurrency.py
 
 clean:
 	rm -rf work .pytest_cache .ruff_cache .mypy_cache

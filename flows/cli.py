@@ -6,7 +6,7 @@ smollm plan pipeline=smollm2_1.7b [--json] the steps, identities, tokens, epochs
                                           (exit 1 when a source would pass its epoch cap)
 smollm anneal -m anneal.candidate=synthetic_math,stdlib_code anneal.share=0.3,0.6
                                           annealing runs from anneal.base's checkpoint, + a control
-smollm ablate -m ablate.candidate=ablation_code_heavy,ablation_math_heavy train.seed=0,1
+smollm ablate -m ablate.candidate=demo_code_heavy,demo_math_heavy train.seed=0,1
                                           data ablations from scratch, + the control mixture
 """
 
@@ -61,10 +61,12 @@ def sweep_report(result: dict[str, Any]) -> str:
 
 
 def run_sweep(kind: str, overrides: list[str], *, multirun: bool) -> int:
+    from flows.launchers import with_launcher
     from flows.runtime import embedded_settings
     from flows.sweep import member_specs, split_multirun, sweep_flow
 
     common, members = split_multirun(overrides, multirun=multirun, kind=kind)
+    common = with_launcher(common)  # hydra/launcher=submitit_slurm: the members go to that launcher
     member_specs(kind, common, members)  # every member valid before a server starts
     with embedded_settings():
         result = sweep_flow(kind=kind, overrides=common, members=members)

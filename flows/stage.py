@@ -20,8 +20,8 @@ from prefect.runtime import flow_run
 from flows.compose import CONF_DIR, compose, compose_stage, generated_dir
 from smollm.config import RunConfig
 from smollm.rebalance import generated_mixture_name
-from smollm.runs import start_config_run
-from smollm.stage import branch_points, needed_sources
+from smollm.runs import log_sweep_results, start_config_run
+from smollm.stage import branch_points, needed_sources, stable_tokens
 from smollm.steps import StepResult
 from smollm.tracking import make_tracker
 from tasks.data import build_source, build_tokenizer
@@ -136,14 +136,18 @@ def stage_flow(
     try:
         tokenizer, sources = build_data(cfg)
         init = resolve_start(overrides, start, stage_run_id)
-        resume = None  # later stages branch off at these points: train through them, keep each
+        resume = None  # later stages (or annealing runs) branch off here: train through, keep each
+        prefixes: dict[int, StepResult] = {}
         for at_tokens in branch_points(cfg, stage_index):
-            resume = train_stage(
+            resume = prefixes[at_tokens] = train_stage(
                 cfg, stage_index, sources, tokenizer, init, stage_run_id, stop_at_tokens=at_tokens, resume_from=resume
             ).step
         outcome = train_stage(cfg, stage_index, sources, tokenizer, init, stage_run_id, resume_from=resume)
         tokens = outcome.summary["tokens_seen"]
         evals = evaluate(cfg, outcome.step, sources, stage_run_id, tokens)
+        stable_at = stable_tokens(cfg, stage)
+        stable = prefixes[stable_at] if stable_at in prefixes else outcome.step
+        sweeps = run_declared_sweeps(overrides, cfg, stage_index, stable, stage_run_id)
         next_mixture, diff = None, None
         if stage_index + 1 < len(cfg.pipeline.stages) and cfg.pipeline.stages[stage_index + 1].mixture is None:
             next_mixture = generated_mixture_name(cfg, stage_index, outcome.step.identity)
@@ -179,7 +183,44 @@ def stage_flow(
         "mixture": cfg.mixture.name,
         "next_mixture": next_mixture,
         "stage_run_id": stage_run_id,
+        "sweeps": sweeps,
     }
+
+
+def run_declared_sweeps(
+    overrides: list[str], cfg: RunConfig, stage_index: int, stable: StepResult, stage_run_id: str
+) -> dict[str, dict[str, Any]]:
+    """The annealing runs (from the stage's last stable checkpoint) and data ablations the stage
+    declares, as sweep subflows under the stage run; their scores and deltas vs control are
+    logged on the stage run, where the rebalance reads them (`sweep/<member>/delta/<category>`)."""
+    from flows.sweep import declared_members, sweep_flow
+
+    stage = cfg.pipeline.stages[stage_index]
+    tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
+    base = {
+        "stage_index": stage_index,
+        "mixture": cfg.mixture.name,
+        "checkpoint": str(stable.output),
+        "identity": stable.identity,
+    }
+    results = {}
+    for kind in ("anneal", "ablate"):
+        declared = getattr(stage, kind)
+        if declared is None:
+            continue
+        common = [*overrides, f"anneal.base={stage.name}"]
+        if declared.train_tokens is not None:
+            common.append(f"{kind}.train_tokens={declared.train_tokens}")
+        result = sweep_flow(
+            kind=kind,
+            overrides=common,
+            members=declared_members(stage, kind),
+            base_checkpoint=base if kind == "anneal" else None,
+            parent_run_id=stage_run_id,
+        )
+        log_sweep_results(tracker, stage_run_id, result["rows"])
+        results[kind] = result
+    return results
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The sweep flow: annealing runs or data ablations, run side by side and compared with a control.
 
     smollm anneal -m anneal.candidate=synthetic_math,stdlib_code anneal.share=0.3,0.6
-    smollm ablate -m ablate.candidate=ablation_code_heavy,ablation_math_heavy train.seed=0,1
+    smollm ablate -m ablate.candidate=demo_code_heavy,demo_math_heavy train.seed=0,1
 
 From the Prefect UI, `sweep_flow`'s typed parameters (candidates, shares, seeds, base) describe
 the same members; the CLI's multirun is parsed by Hydra's own sweeper into the same canonical
@@ -127,6 +127,7 @@ def member_spec(common: list[str], member: Member, base: dict[str, Any] | None) 
     `share` candidate + `1 - share` base mixture, decaying to 0 over `anneal.train_tokens`.
     Ablation: the candidate (or control) mixture from scratch over `ablate.train_tokens`."""
     overrides = [*common, *member.overrides]
+    member = resolved(member, compose(overrides))
     if member.kind == "anneal":
         top = compose(overrides)
         index = base["stage_index"] if base else _base_index(top)
@@ -157,13 +158,25 @@ def member_spec(common: list[str], member: Member, base: dict[str, Any] | None) 
     return MemberSpec(member, cfg, replace(stage, mixture=mixture_cfg.name))
 
 
+def resolved(member: Member, cfg: RunConfig) -> Member:
+    """The member with its share and seed spelled out as the config resolves them, so that
+    `anneal.candidate=x` and `anneal.candidate=x anneal.share=0.6` (the default) are one member,
+    with one name and one output folder."""
+    values = member.values
+    extra = [] if "train.seed" in values else [f"train.seed={cfg.train.seed}"]
+    if member.kind == "anneal" and not member.is_control and "anneal.share" not in values:
+        extra.append(f"anneal.share={cfg.anneal.share}")
+    return make_member(member.kind, [*member.overrides, *extra]) if extra else member
+
+
 def member_specs(
     kind: str, common: list[str], members: list[list[str]], base: dict[str, Any] | None = None
 ) -> list[MemberSpec]:
     """Every member (controls added) composed and validated: a bad candidate, share or budget
     fails here, with its field and value, before anything is built or trained."""
     control = kind == "anneal" or compose(common).ablate.control is not None
-    return [member_spec(common, m, base) for m in with_controls(kind, members, control=control)]
+    specs = [member_spec(common, m, base) for m in with_controls(kind, members, control=control)]
+    return list({spec.member: spec for spec in specs}.values())  # one per resolved member
 
 
 def train_lineage(common: list[str], cfg: RunConfig, run_id: str) -> tuple[dict[str, Any], list[str]]:
@@ -384,7 +397,9 @@ def sweep_flow(
                 "base_checkpoint": base_checkpoint,
                 "run_id": member_run,
             }
+        members_started = time.perf_counter()
         results = run_members(specs, kwargs, cfg, jobs)
+        members_seconds = time.perf_counter() - members_started
         metrics = {s.member.name: tracker.latest_metrics(results[s.member.name]["run_id"]) for s in specs}
         tokens = {name: r["stage_tokens_per_source"] for name, r in results.items()}
         rows = summary_rows([s.member for s in specs], metrics, tokens)
@@ -417,6 +432,7 @@ def sweep_flow(
         "folder": str(folder),
         "chart": str(chart) if chart else None,
         "seconds": time.perf_counter() - started,
+        "members_seconds": members_seconds,
     }
 
 

@@ -9,6 +9,7 @@ rebalancing always reads the stage's evaluations back from MLflow.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from smollm.steps import StepResult, git_commit
 from smollm.tracking import Tracker
 
 EVAL_PREFIX = "eval/"
+SWEEP_PREFIX = "sweep/"
 
 
 def base_tags(kind: str, flow_run_id: str | None) -> dict[str, str]:
@@ -107,6 +109,7 @@ def tracked_member(
 ) -> dict[str, Any]:
     """One sweep member in its MLflow run: train from `base` (or from scratch), evaluate, record
     the tokens it drew per source; the run ends FINISHED, or FAILED on any error."""
+    started = time.perf_counter()
     try:
         outcome = tracked_train(
             cfg, stage, sources, tokenizer, base, tracker, stage_run_id=run_id, flow_run_id=flow_run_id, run_id=run_id
@@ -128,6 +131,7 @@ def tracked_member(
         "summary": summary,
         "evals": evals,
         "stage_tokens_per_source": tokens,
+        "seconds": time.perf_counter() - started,
     }
 
 
@@ -154,9 +158,25 @@ def tracked_evaluate(
 
 
 def stage_evals(tracker: Tracker, stage_run_id: str) -> dict[str, float]:
-    """The stage's evaluation metrics, read back from the tracking store (prefix removed)."""
+    """The stage's evaluation metrics, read back from the tracking store (`eval/` removed), and
+    the results of the sweeps it ran (`sweep/<member>/score|delta/<category>`)."""
     metrics = tracker.latest_metrics(stage_run_id)
-    return {k[len(EVAL_PREFIX) :]: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
+    evals = {k[len(EVAL_PREFIX) :]: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
+    evals.update({k: v for k, v in metrics.items() if k.startswith(SWEEP_PREFIX)})
+    return evals
+
+
+def log_sweep_results(tracker: Tracker, run_id: str, rows: list[dict[str, Any]]) -> None:
+    """A sweep's summary rows as `sweep/<member>/score|delta/<category>` on `run_id` (a stage
+    run), where the stage's rebalance reads them."""
+    metrics = {
+        f"{SWEEP_PREFIX}{row['member']}/{key}": value
+        for row in rows
+        for key, value in row.items()
+        if key.startswith(("score/", "delta/"))
+    }
+    tracker.log_metrics(run_id, metrics, step=0)
+    tracker.flush()
 
 
 def available_tokens(cfg: RunConfig, sources: Mapping[str, StepResult]) -> dict[str, int]:
@@ -199,7 +219,7 @@ def tracked_rebalance(
         "from_stage": stage.name,
         "for_stage": next_stage.name,
         "previous_mixture": cfg.mixture.name,
-        "inputs": {k: round(v, 6) for k, v in sorted(evals.items()) if k.startswith("category/")},
+        "inputs": {k: round(v, 6) for k, v in sorted(evals.items()) if k.startswith(("category/", SWEEP_PREFIX))},
         "mlflow_runs": {"pipeline": pipeline_run_id, "stage": stage_run_id},
         "tracking_uri": getattr(tracker, "uri", None),
         "git_commit": git_commit(),

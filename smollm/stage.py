@@ -133,14 +133,28 @@ def train_step(
 
 
 def branch_points(cfg: RunConfig, stage_index: int) -> list[int]:
-    """Tokens into stage `stage_index` at which later stages branch off (its prefixes), sorted."""
+    """Tokens into stage `stage_index` at which later stages, or the stage's own annealing runs,
+    branch off (its prefixes), sorted."""
     pipeline = cfg.pipeline
     points = {
         s.init_at_tokens
         for i, s in enumerate(pipeline.stages)
         if s.init_at_tokens is not None and pipeline.parent(i) == stage_index
     }
+    stable = stable_tokens(cfg, pipeline.stages[stage_index])
+    if pipeline.stages[stage_index].anneal is not None and stable is not None:
+        points.add(stable)
     return sorted(points)
+
+
+def stable_tokens(cfg: RunConfig, stage: StageConfig) -> int | None:
+    """Tokens into `stage` where its LR decay starts (its last stable checkpoint); None if the
+    stage does not decay, or decays from its first step."""
+    steps = stage.train_tokens // cfg.train.tokens_per_step
+    decay = round(steps * stage.decay_fraction)
+    if decay == 0 or decay >= steps:
+        return None
+    return (steps - decay) * cfg.train.tokens_per_step
 
 
 def token_label(tokens: int) -> str:

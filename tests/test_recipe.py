@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from flows.compose import compose, compose_pipeline
+from flows.compose import compose, compose_pipeline, compose_stage
 from flows.plan import make_plan
 from smollm.model import count_parameters, parameter_count
 from smollm.schedule import stage_schedule
@@ -129,53 +129,73 @@ def test_small_model_recipes(tmp_path, pipeline, model, tokens):
     assert stage4_sources <= set(cfg.mixture.weights)  # the final stage's datasets from the start
 
 
+def _planned_identities(specs, base_cfg=None, base_at_tokens=None):
+    """Each member's training identity, computed from the configs alone (nothing built); an
+    annealing member starts from `base_cfg`'s first stage at `base_at_tokens`."""
+    from smollm.stage import source_step, tokenizer_step, train_step, workdir
+    from smollm.steps import StepResult
+
+    def planned(step):
+        return StepResult(step.output_dir(workdir(specs[0].cfg)), step.identity, False)
+
+    def data(cfg):
+        tokenizer = planned(tokenizer_step(cfg))
+        return tokenizer, {n: planned(source_step(cfg, n, tokenizer)) for n in cfg.data.sources}
+
+    base = None
+    if base_cfg is not None:
+        tokenizer, sources = data(base_cfg)
+        base = planned(train_step(base_cfg, base_cfg.pipeline.stages[0], sources, tokenizer, None, base_at_tokens))
+    identities = []
+    for spec in specs:
+        tokenizer, sources = data(spec.cfg)
+        identities.append(train_step(spec.cfg, spec.stage, sources, tokenizer, base).identity)
+    return identities
+
+
 def test_web_ablation_protocol(tmp_path):
-    from omegaconf import OmegaConf
+    from flows.sweep import member_specs, split_multirun
 
-    from flows.compose import CONF_DIR
-
-    candidates = OmegaConf.load(CONF_DIR / "pipeline" / "ablation_web.yaml").hydra.sweeper.params.mixture.split(",")
+    common, members = split_multirun([f"workdir={tmp_path}", "pipeline=ablation_web"], multirun=True, kind="ablate")
+    specs = member_specs("ablate", common, members)
     expected = {
-        "ablation_web_fineweb_edu": {"fineweb_edu": 1.0},
-        "ablation_web_dclm": {"dclm": 1.0},
-        "ablation_web_fwedu60_dclm40": {"fineweb_edu": 0.6, "dclm": 0.4},
-        "ablation_web_fwedu40_dclm60": {"fineweb_edu": 0.4, "dclm": 0.6},
+        "ablate-control": {"fineweb_edu": 1.0},
+        "ablate-ablation_web_dclm": {"dclm": 1.0},
+        "ablate-ablation_web_fwedu60_dclm40": {"fineweb_edu": 0.6, "dclm": 0.4},
+        "ablate-ablation_web_fwedu40_dclm60": {"fineweb_edu": 0.4, "dclm": 0.6},
     }
-    assert sorted(candidates) == sorted(expected)
-    budgets = set()
-    for candidate in candidates:
-        (cfg,) = compose_pipeline([f"workdir={tmp_path}", "pipeline=ablation_web", f"mixture={candidate}"])
-        assert cfg.mixture.weights == expected[candidate] and cfg.pipeline.stages[0].init_from is None
-        budgets.add(cfg.pipeline.stages[0].train_tokens)
-    assert len(budgets) == 1  # the same budget for every candidate
+    assert {s.member.name: s.cfg.mixture.weights for s in specs} == expected
+    # from scratch, the same budget, schedule and seed for every candidate
+    assert {(s.stage.train_tokens, s.stage.decay_fraction, s.cfg.train.seed) for s in specs} == {(350 * B, 0.1, 0)}
+    identities = _planned_identities(specs)
+    assert len(set(identities)) == len(specs)
 
 
 def test_annealing_ablation_protocol(tmp_path):
-    from omegaconf import OmegaConf
+    from flows.sweep import member_specs, split_multirun
 
-    from flows.compose import CONF_DIR
-
-    candidates = OmegaConf.load(CONF_DIR / "pipeline" / "annealing.yaml").hydra.sweeper.params.mixture.split(",")
-    assert "anneal_control" in candidates and len(candidates) > 5
-    stable_identities, anneal_identities = set(), set()
-    for candidate in candidates:
-        overrides = [f"workdir={tmp_path}", "pipeline=annealing", f"mixture={candidate}"]
-        stable, anneal = compose_pipeline(overrides)
-        previous = stable.mixture.weights
-        assert stable.pipeline.stages[0].train_tokens == 3 * T and stable.pipeline.stages[0].decay_fraction == 0.0
-        assert anneal.pipeline.stages[1].decay_fraction == 1.0 and anneal.train.schedule.min_lr == 0.0
-        weights = anneal.mixture.weights
+    common, members = split_multirun([f"workdir={tmp_path}", "pipeline=annealing"], multirun=True, kind="anneal")
+    specs = member_specs("anneal", common, members)
+    assert specs[0].member.is_control and len(specs) == 10
+    previous = compose([f"workdir={tmp_path}", "pipeline=annealing", "mixture=smollm2_stage1"]).mixture.weights
+    for spec in specs:
+        cfg = spec.cfg
+        assert cfg.anneal.base == "stage1" and cfg.anneal.base_at_tokens == 3 * T
+        assert cfg.pipeline.stage("stage1").decay_fraction == 0.0  # a stable checkpoint
+        assert spec.stage.train_tokens == 100 * B and spec.stage.decay_fraction == 1.0
+        assert cfg.train.schedule.min_lr == 0.0
+        weights = cfg.mixture.weights
         assert sum(weights.values()) == pytest.approx(1.0)
-        if candidate == "anneal_control":
-            assert weights == previous
-        else:
-            source = candidate.removeprefix("anneal_")
-            assert weights[source] == pytest.approx(0.6 + 0.4 * previous.get(source, 0.0))
-            for name, weight in previous.items():
-                if name != source:
-                    assert weights[name] == pytest.approx(0.4 * weight)
-        plan = make_plan(overrides)
-        stable_identities.add(plan.stages[0].train_identity)
-        anneal_identities.add(plan.stages[1].train_identity)
-    # every candidate branches from the same stable checkpoint (trained once), and differs after
-    assert len(stable_identities) == 1 and len(anneal_identities) == len(candidates)
+        if spec.member.is_control:
+            assert weights == pytest.approx(previous)
+            continue
+        source = spec.member.candidate
+        assert weights[source] == pytest.approx(0.6 + 0.4 * previous.get(source, 0.0))
+        for name, weight in previous.items():
+            if name != source:
+                assert weights[name] == pytest.approx(0.4 * weight)
+    # every member branches from stage 1's prefix at 3T (one step, the recipe run's own), and differs after
+    base_cfg = compose_stage(common, 0, "smollm2_stage1")
+    assert base_cfg.pipeline.name == "smollm2_1.7b" and base_cfg.mixture.weights == previous
+    identities = _planned_identities(specs, base_cfg, base_at_tokens=3 * T)
+    assert len(set(identities)) == len(specs)
