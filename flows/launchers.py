@@ -161,13 +161,11 @@ def hydra_launch(jobs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         returns = launcher.launch(per_job, initial_job_idx=0)
     except Exception as err:  # e.g. submitit's UncompletedJobError: the job itself died
         raise RuntimeError(f"Hydra's {choice} launcher failed on {names}: {err}") from err
-    results = {}
-    for name, ret in zip(names, returns, strict=True):
-        if ret.status != JobStatus.COMPLETED:
-            error = ret._return_value
-            raise RuntimeError(f"sweep member {name}: its {choice} job failed: {error!r}") from error
-        results[name] = ret.return_value
-    return results
+    failed = {n: r._return_value for n, r in zip(names, returns, strict=True) if r.status != JobStatus.COMPLETED}
+    if failed:  # the members that completed are complete steps: a relaunch reuses them
+        errors = "; ".join(f"sweep member {n}: its {choice} job failed: {e!r}" for n, e in failed.items())
+        raise RuntimeError(errors) from next(iter(failed.values()))
+    return {name: ret.return_value for name, ret in zip(names, returns, strict=True)}
 
 
 # --- Prefect work pool -------------------------------------------------------------------------

@@ -104,7 +104,12 @@ def split_multirun(overrides: list[str], *, multirun: bool, kind: str) -> tuple[
 def _base_index(cfg: RunConfig) -> int:
     if cfg.anneal.base is None:
         raise ConfigError("anneal.base: is null; name the stage whose checkpoint the annealing runs start from")
-    return [s.name for s in cfg.pipeline.stages].index(cfg.anneal.base)
+    names = [s.name for s in cfg.pipeline.stages]
+    if cfg.anneal.base not in names:
+        raise ConfigError(
+            f"anneal.base: must name a stage of pipeline {cfg.pipeline.name} {names}, got {cfg.anneal.base!r}"
+        )
+    return names.index(cfg.anneal.base)
 
 
 def base_mixture(common: list[str], cfg: RunConfig) -> str:
@@ -256,6 +261,15 @@ def member_flow(
     return member_job(kind, overrides, member, base_checkpoint, run_id)
 
 
+def platform_start_method() -> None:
+    """Initialiser of the pool's processes. Prefect starts them with `spawn`, which they inherit
+    as their own default; restore the platform's (fork on Linux) so that pools inside a member
+    (lighteval's stderr bootstrap) fork instead of re-importing everything (~30 s per evaluation)."""
+    import multiprocessing
+
+    multiprocessing.set_start_method(None, force=True)
+
+
 def run_members(
     specs: list[MemberSpec], kwargs: dict[str, dict[str, Any]], cfg: RunConfig, jobs: dict[str, dict[str, Any]]
 ) -> dict[str, dict]:
@@ -279,7 +293,7 @@ def run_members(
             threads = spec.cfg.train.num_threads if workers <= 1 else _threads(spec.cfg, workers)
             results[spec.member.name] = run_member(**kwargs[spec.member.name], threads=threads)
     if workers > 1:
-        with ProcessPoolTaskRunner(max_workers=workers) as runner:
+        with ProcessPoolTaskRunner(max_workers=workers, initializer=platform_start_method) as runner:
             futures = {
                 s.member.name: runner.submit(
                     run_member, {**kwargs[s.member.name], "threads": _threads(s.cfg, workers), "progress": False}
@@ -341,6 +355,8 @@ def sweep_flow(
     """
     if kind not in KINDS:
         raise ConfigError(f"kind: must be one of {list(KINDS)}, got {kind!r}")
+    from flows.launchers import with_launcher
+
     common = [o for o in (overrides or []) if o.split("=", 1)[0].lstrip("+") not in MEMBER_KEYS]
     for key, value in (
         ("anneal.base", base),
@@ -350,6 +366,7 @@ def sweep_flow(
     ):
         if value is not None:
             common.append(f"{key}={value}")
+    common = with_launcher(common)  # `hydra/launcher=submitit_slurm` hands the members to that launcher
     if members is None:
         if not candidates:
             raise ConfigError("candidates: a sweep needs at least one candidate")

@@ -593,13 +593,6 @@ class RunConfig:
         declared = sorted(self.data.sources)
         for source in self.anneal.candidates:
             check(source in self.data.sources, "anneal.candidate", f"is not a declared source {declared}", source)
-        if self.anneal.base is not None:
-            check(
-                self.anneal.base in [s.name for s in self.pipeline.stages],
-                "anneal.base",
-                f"must name a stage of pipeline {self.pipeline.name} {[s.name for s in self.pipeline.stages]}",
-                self.anneal.base,
-            )
         for stage in self.pipeline.stages:
             for source in stage.anneal.candidates if stage.anneal else ():
                 check(

@@ -235,3 +235,13 @@ def test_prefect_yaml_deploys_and_a_work_pool_runs_the_members(launched, tmp_pat
         assert {k: result[k] for k in SAME} == {k: member[k] for k in SAME}
         assert result["evals"] == pytest.approx(member["evals"], nan_ok=True)
         assert client.get_run(result["run_id"]).info.status == "FINISHED"
+
+
+def test_the_launcher_plugin_is_pinned_and_the_environment_is_consistent():
+    from importlib.metadata import version
+
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    for package in ("hydra-submitit-launcher", "submitit", "hydra-core", "fastapi"):
+        assert version(package) == pins[package], package
+    check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout

@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 
 from flows.compose import compose, compose_pipeline, compose_stage
-from flows.plan import make_plan
 from smollm.model import count_parameters, parameter_count
 from smollm.schedule import stage_schedule
 
@@ -159,10 +158,10 @@ def test_web_ablation_protocol(tmp_path):
     common, members = split_multirun([f"workdir={tmp_path}", "pipeline=ablation_web"], multirun=True, kind="ablate")
     specs = member_specs("ablate", common, members)
     expected = {
-        "ablate-control": {"fineweb_edu": 1.0},
-        "ablate-ablation_web_dclm": {"dclm": 1.0},
-        "ablate-ablation_web_fwedu60_dclm40": {"fineweb_edu": 0.6, "dclm": 0.4},
-        "ablate-ablation_web_fwedu40_dclm60": {"fineweb_edu": 0.4, "dclm": 0.6},
+        "ablate-control-seed0": {"fineweb_edu": 1.0},
+        "ablate-ablation_web_dclm-seed0": {"dclm": 1.0},
+        "ablate-ablation_web_fwedu60_dclm40-seed0": {"fineweb_edu": 0.6, "dclm": 0.4},
+        "ablate-ablation_web_fwedu40_dclm60-seed0": {"fineweb_edu": 0.4, "dclm": 0.6},
     }
     assert {s.member.name: s.cfg.mixture.weights for s in specs} == expected
     # from scratch, the same budget, schedule and seed for every candidate
