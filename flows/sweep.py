@@ -179,7 +179,10 @@ def member_specs(
 ) -> list[MemberSpec]:
     """Every member (controls added) composed and validated: a bad candidate, share or budget
     fails here, with its field and value, before anything is built or trained."""
-    control = kind == "anneal" or compose(common).ablate.control is not None
+    cfg = compose(common)
+    if kind == "anneal" and base is None:  # the base stage and its mixture, planned once
+        base = {"stage_index": _base_index(cfg), "mixture": base_mixture(common, cfg)}
+    control = kind == "anneal" or cfg.ablate.control is not None
     specs = [member_spec(common, m, base) for m in with_controls(kind, members, control=control)]
     return list({spec.member: spec for spec in specs}.values())  # one per resolved member
 
@@ -187,15 +190,19 @@ def member_specs(
 def train_lineage(common: list[str], cfg: RunConfig, run_id: str) -> tuple[dict[str, Any], list[str]]:
     """Train (or reuse) the pipeline up to `anneal.base` (or its prefix at `anneal.base_at_tokens`);
     returns the base as a stage-flow-like dict and the data steps this built."""
+    from flows.plan import make_plan
+
     index = _base_index(cfg)
-    top, results, built = compose(common), [], []
+    top, plan, results, built = compose(common), make_plan(common), [], []
     for i in range(index + 1):
         stage = top.pipeline.stages[i]
-        mixture = stage.mixture or (base_mixture(common, cfg) if i == index else None)
-        if mixture is None:  # an earlier stage on a rebalanced mixture: written, else make_plan says
-            from flows.plan import make_plan
-
-            mixture = make_plan(common).stages[i].mixture
+        mixture = plan.stages[i].mixture  # declared, or written by the rebalance before it
+        if plan.stages[i].mixture_note.startswith("estimate"):
+            previous = top.pipeline.stages[i - 1].name
+            raise ConfigError(
+                f"anneal.base: {cfg.anneal.base} needs {stage.name}, which trains on the mixture the rebalance "
+                f"after {previous} writes; run the pipeline through {previous} first (smollm run ...)"
+            )
         stage_cfg = compose_stage(common, i, mixture)
         tokenizer, sources = build_data(stage_cfg)
         built += [n for n, r in {"tokenizer": tokenizer, **sources}.items() if r.computed]
