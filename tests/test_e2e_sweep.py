@@ -230,3 +230,47 @@ def test_a_stage_flow_runs_its_declared_annealing_candidates_before_rebalancing(
     assert "rule anneal_gain_math" in text
     weights = yaml.safe_load(text)["weights"]
     assert weights["synthetic_math"] == pytest.approx(0.2)  # the rule on the annealing gain fired
+
+
+def test_a_data_ablation_sweep_trains_each_candidate_and_seed_from_scratch(sweeps, workdir):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.runtime import embedded_settings
+    from flows.sweep import sweep_flow
+
+    with prefect_test_harness(server_startup_timeout=120), embedded_settings():
+        result = sweep_flow(
+            kind="ablate",
+            candidates=["demo_code_heavy"],
+            seeds=[0, 1],
+            train_tokens=25600,
+            overrides=tiny_overrides(workdir),
+        )
+    names = [
+        "ablate-control-seed0",
+        "ablate-control-seed1",
+        "ablate-demo_code_heavy-seed0",
+        "ablate-demo_code_heavy-seed1",
+    ]
+    members = {m["name"]: m for m in result["members"]}
+    assert list(members) == names and result["trained"] == names and result["data_built"] == []
+    for member in members.values():
+        summary = member["summary"]
+        assert (summary["start_step"], summary["start_tokens"], summary["end_step"]) == (0, 0, 50)
+        assert not summary["optimizer_state_loaded"] and summary["final_lr"] == 0.0
+    assert members["ablate-control-seed0"]["summary"]["mixture"] == {
+        "stdlib_prose": 0.6,
+        "stdlib_code": 0.3,
+        "synthetic_math": 0.1,
+    }
+    assert members["ablate-demo_code_heavy-seed1"]["summary"]["mixture"]["stdlib_code"] == 0.5
+    # seeds change the run; each candidate is compared with the control of its own seed
+    assert len({m["identity"] for m in members.values()}) == 4
+    assert (
+        members["ablate-control-seed0"]["summary"]["first_loss"]
+        != members["ablate-control-seed1"]["summary"]["first_loss"]
+    )
+    rows = {row["member"]: row for row in result["rows"]}
+    for seed in (0, 1):
+        row, control = rows[f"ablate-demo_code_heavy-seed{seed}"], rows[f"ablate-control-seed{seed}"]
+        assert row["delta/code"] == pytest.approx(row["score/code"] - control["score/code"])
