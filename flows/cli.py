@@ -8,6 +8,11 @@ smollm anneal -m anneal.candidate=synthetic_math,stdlib_code anneal.share=0.3,0.
                                           annealing runs from anneal.base's checkpoint, + a control
 smollm ablate -m ablate.candidate=demo_code_heavy,demo_math_heavy train.seed=0,1
                                           data ablations from scratch, + the control mixture
+smollm rebalance --run <MLflow run id> [--policy anneal_gain] [--write]
+                                          propose a next mixture offline from a recorded stage
+smollm replay --run <pipeline run id> [--policy rules]
+                                          re-decide every recorded rebalance; exit 1 when the
+                                          recorded policy no longer gives the recorded mixtures
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import json
 import sys
 from typing import Any
 
-from flows.compose import compose, generated_dir
+from flows.compose import CONF_DIR, compose, generated_dir
 from smollm.config import ConfigError
 from smollm.schema import to_dict
 
@@ -74,6 +79,43 @@ def run_sweep(kind: str, overrides: list[str], *, multirun: bool) -> int:
     return 0
 
 
+def offline_rebalance(command: str, run_id: str, policy: str | None, overrides: list[str], *, write: bool) -> int:
+    """`smollm rebalance` / `smollm replay`: a policy on the inputs recorded in MLflow."""
+    from pathlib import Path
+
+    from smollm.rebalance import write_mixture
+    from smollm.replay import format_replay, recorded_decisions, replay
+    from smollm.tracking import make_tracker
+
+    chosen = [*overrides, f"rebalance={policy}"] if policy else overrides
+    cfg = compose(chosen)
+    own_policy = policy is not None or any(o.lstrip("+").startswith("rebalance") for o in overrides)
+    rows = replay(
+        recorded_decisions(make_tracker(cfg.tracking, Path(cfg.workdir)), run_id), cfg.rebalance if own_policy else None
+    )
+    if command == "replay":
+        print(format_replay(rows))
+        return 0 if own_policy or all(row["same"] for row in rows) else 1
+    for row in rows:
+        proposal = row["proposal"]
+        print(proposal.markdown(f"Next mixture for {row['next_stage']} (after {row['stage']}, run {row['run_id']})"))
+        if write:
+            import hashlib
+
+            digest = hashlib.sha256(json.dumps(proposal.weights, sort_keys=True).encode()).hexdigest()[:8]
+            name = f"offline-{row['next_stage']}-{proposal.policy}-{digest}"
+            provenance = {"policy": proposal.policy, "from_stage_run": row["run_id"], "offline": True}
+            path = write_mixture(
+                proposal,
+                name=name,
+                generated_dir=generated_dir(cfg.workdir),
+                hand_written_dir=CONF_DIR,
+                provenance=provenance,
+            )
+            print(f"\nwritten: {path}  (use it with mixture={name})")
+    return 0
+
+
 def print_plan(overrides: list[str], *, as_json: bool) -> int:
     from flows.plan import make_plan
     from smollm.plan import format_plan
@@ -96,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         ("plan", "print what a pipeline would run and cost, computing nothing"),
         ("anneal", "run a sweep of annealing runs (a control is added)"),
         ("ablate", "run a sweep of data ablations (the control mixture is added)"),
+        ("rebalance", "propose a next mixture from a recorded stage run (MLflow), computing nothing else"),
+        ("replay", "re-run the recorded (or another) policy over a recorded pipeline's rebalances"),
     )
     for name, text in commands:
         cmd = sub.add_parser(name, help=text)
@@ -104,10 +148,18 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--json", action="store_true", help="print the plan as JSON")
         if name in ("anneal", "ablate"):
             cmd.add_argument("-m", "--multirun", action="store_true", help="sweep comma-separated values (Hydra)")
+        if name in ("rebalance", "replay"):
+            cmd.add_argument("--run", required=True, help="an MLflow stage run id, or a pipeline run id")
+            cmd.add_argument("--policy", help="a conf/rebalance option (default: the recorded policy)")
+        if name == "rebalance":
+            cmd.add_argument("--write", action="store_true", help="write the proposal as a generated mixture")
     args = parser.parse_args(argv)
     try:
         if args.command in ("anneal", "ablate"):
             return run_sweep(args.command, args.overrides, multirun=args.multirun)
+        if args.command in ("rebalance", "replay"):
+            write = getattr(args, "write", False)
+            return offline_rebalance(args.command, args.run, args.policy, args.overrides, write=write)
         cfg = compose(args.overrides)
         if args.command == "plan":
             return print_plan(args.overrides, as_json=args.json)
@@ -115,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             from flows.plan import preflight
 
             preflight(args.overrides)
-    except ConfigError as err:
+    except (ConfigError, ValueError) as err:  # bad config or input; Infeasible constraints
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # Hydra's own override/composition errors

@@ -2,7 +2,8 @@
 
     python -m flows.pipeline pipeline=demo train.seed=3      # or: smollm run pipeline=demo
 
-Stage k+1 composes the mixture file that stage k's rebalance wrote, trains from stage k's
+Stage k+1 composes the mixture file that stage k's rebalance wrote (after a person approved or
+edited it in the Prefect UI, with `rebalance.approval.ask=true`), trains from stage k's
 checkpoint (or, with `init_from`/`init_at_tokens`, from an earlier stage's, at a point inside
 it), and so on. Completed steps are skipped, so a re-run only re-reads and re-logs.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.approval import ask, record
 from flows.compose import compose
 from flows.plan import preflight
 from flows.stage import choose_mixture, stage_flow, start_point
@@ -36,13 +38,23 @@ def pipeline_flow(overrides: list[str] | None = None) -> dict[str, Any]:
         tracker, cfg, f"pipeline/{cfg.pipeline.name}", "pipeline", parent_run_id=None, flow_run_id=flow_run.id
     )
     stages: list[dict[str, Any]] = []
+    stopped = None
     try:
         for index, stage in enumerate(cfg.pipeline.stages):
-            print(f"stage {index + 1}/{len(cfg.pipeline.stages)}: {stage.name}")
             previous = stages[-1] if stages else None
+            mixture = choose_mixture(stage.mixture, index, previous)
+            if previous is not None and stage.mixture is None and cfg.rebalance.approval.ask:
+                decision = ask(cfg, previous, stage.name)
+                record(cfg, previous, decision)
+                previous["approval"] = {"how": decision.how, "mixture": decision.mixture}
+                if decision.mixture is None:
+                    stopped = f"before {stage.name}: the proposed mixture was not approved ({decision.how})"
+                    print(f"pipeline stopped {stopped}")
+                    break
+                mixture = decision.mixture
+            print(f"stage {index + 1}/{len(cfg.pipeline.stages)}: {stage.name}")
             parent = cfg.pipeline.parent(index)
             start = None if parent is None else start_point(stages[parent], stage.init_at_tokens)
-            mixture = choose_mixture(stage.mixture, index, previous)
             result = stage_flow(
                 overrides=overrides,
                 stage_index=index,
@@ -55,6 +67,8 @@ def pipeline_flow(overrides: list[str] | None = None) -> dict[str, Any]:
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise
+    if stopped:
+        tracker.set_tags(run_id, {"smollm.stopped": stopped})
     tracker.end_run(run_id)
     return {
         "pipeline": cfg.pipeline.name,
@@ -62,6 +76,7 @@ def pipeline_flow(overrides: list[str] | None = None) -> dict[str, Any]:
         "workdir": cfg.workdir,
         "tracking_uri": tracking_uri(cfg.tracking, Path(cfg.workdir)),
         "stages": stages,
+        "stopped": stopped,
     }
 
 

@@ -15,6 +15,9 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+_EMBEDDED: dict[str, str] = {}
+"""The API URL of the temporary server `embedded_settings` started, while it runs."""
+
 
 @contextlib.contextmanager
 def embedded_settings() -> Iterator[None]:
@@ -36,9 +39,23 @@ def embedded_settings() -> Iterator[None]:
         server = SubprocessASGIServer()
         server.start(timeout=120)
         updates[PREFECT_API_URL] = server.api_url
+        _EMBEDDED["url"] = server.api_url
     try:
         with temporary_settings(updates=updates):
             yield
     finally:
         if server is not None:
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)  # the last flow logs reach the server before it stops
+            _EMBEDDED.pop("url", None)
             server.stop()
+
+
+def server_can_ask() -> bool:
+    """Whether someone could answer a paused flow: a Prefect server other than the temporary one
+    `embedded_settings` starts for itself (a served setup, or a test harness)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return bool(url) and url != _EMBEDDED.get("url")

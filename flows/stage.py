@@ -76,8 +76,21 @@ def resolve_start(overrides: list[str], start: dict[str, Any] | None, stage_run_
 
 def build_data(cfg: RunConfig) -> tuple[StepResult, dict[str, StepResult]]:
     tokenizer = build_tokenizer(cfg)
-    futures = {name: build_source.submit(cfg, name, tokenizer) for name in needed_sources(cfg)}
-    return tokenizer, {name: future.result() for name, future in futures.items()}
+    return tokenizer, build_sources(cfg, set(needed_sources(cfg)), tokenizer)
+
+
+def build_sources(cfg: RunConfig, names: set[str], tokenizer: StepResult) -> dict[str, StepResult]:
+    futures = {name: build_source.submit(cfg, name, tokenizer) for name in sorted(names)}
+    return {name: future.result() for name, future in futures.items()}
+
+
+def rebalance_sources(cfg: RunConfig, sweeps: dict[str, dict[str, Any]]) -> set[str]:
+    """Sources the rebalance may weigh besides the stage's own: those its rules name, and those
+    the stage's sweeps trained on: their token counts bound their weights (built here unless
+    declared, as the hub sources' are)."""
+    named = {s for rule in cfg.rebalance.rules for s in rule.sources}
+    swept = {s for result in sweeps.values() for run in result["runs"] for s in run["weights"]}
+    return {s for s in named | swept if not cfg.data.sources[s].available_tokens}
 
 
 def artifact_key(*parts: str) -> str:
@@ -85,7 +98,7 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())
 
 
-def publish(cfg: RunConfig, stage_index: int, evals: dict[str, float], diff: str | None) -> None:
+def publish(cfg: RunConfig, stage_index: int, evals: dict[str, float], explanation: str | None) -> None:
     stage = cfg.pipeline.stages[stage_index]
     rows = [
         {"category": k.split("/", 2)[-1], "score": round(v, 4)}
@@ -97,11 +110,11 @@ def publish(cfg: RunConfig, stage_index: int, evals: dict[str, float], diff: str
         table=rows,
         description=f"Evaluations per category after {stage.name}",
     )
-    if diff is not None:
+    if explanation is not None:
         create_markdown_artifact(
-            key=artifact_key(cfg.pipeline.name, stage.name, "mixture-diff"),
-            markdown=f"### Next mixture after {stage.name}\n\n```\n{diff}\n```",
-            description="Rebalanced mixture vs. the current one",
+            key=artifact_key(cfg.pipeline.name, stage.name, "rebalance"),
+            markdown=explanation,
+            description="The proposed next mixture, the current one, the diff and the reasons",
         )
 
 
@@ -148,23 +161,26 @@ def stage_flow(
         stable_at = stable_tokens(cfg, stage)
         stable = prefixes[stable_at] if stable_at in prefixes else outcome.step
         sweeps = run_declared_sweeps(overrides, cfg, stage_index, stable, stage_run_id)
-        next_mixture, diff = None, None
+        next_mixture, explanation, proposed = None, None, None
         if stage_index + 1 < len(cfg.pipeline.stages) and cfg.pipeline.stages[stage_index + 1].mixture is None:
             next_mixture = generated_mixture_name(cfg, stage_index, outcome.step.identity)
+            weighed = {**sources, **build_sources(cfg, rebalance_sources(cfg, sweeps) - set(sources), tokenizer)}
             _, proposal = rebalance(
                 cfg,
                 stage_index,
                 outcome.summary,
-                sources,
+                weighed,
                 stage_run_id=stage_run_id,
+                previous_stage_run_id=None if previous is None else previous.get("stage_run_id"),
                 pipeline_run_id=pipeline_run_id,
                 mixture_name=next_mixture,
                 generated_dir=generated_dir(cfg.workdir),
                 conf_dir=CONF_DIR,
             )
-            diff = proposal.diff_text()
+            explanation = proposal.markdown(f"Next mixture for {cfg.pipeline.stages[stage_index + 1].name}")
+            proposed = {"weights": proposal.weights, "previous": proposal.previous, "explanation": explanation}
             print("\n".join(proposal.explanation))
-        publish(cfg, stage_index, evals, diff)
+        publish(cfg, stage_index, evals, explanation)
     except BaseException:
         tracker.end_run(stage_run_id, "FAILED")
         raise
@@ -182,6 +198,7 @@ def stage_flow(
         "evals": evals,
         "mixture": cfg.mixture.name,
         "next_mixture": next_mixture,
+        "proposal": proposed,
         "stage_run_id": stage_run_id,
         "sweeps": sweeps,
     }
@@ -218,7 +235,7 @@ def run_declared_sweeps(
             base_checkpoint=base if kind == "anneal" else None,
             parent_run_id=stage_run_id,
         )
-        log_sweep_results(tracker, stage_run_id, result["rows"])
+        log_sweep_results(tracker, stage_run_id, kind, result["rows"], result["runs"])
         results[kind] = result
     return results
 

@@ -41,6 +41,7 @@ from smollm.sweep import (
     anneal_weights,
     format_table,
     make_member,
+    member_records,
     plot_deltas,
     summary_rows,
     sweep_id,
@@ -427,6 +428,13 @@ def sweep_flow(
         metrics = {s.member.name: tracker.latest_metrics(results[s.member.name]["run_id"]) for s in specs}
         tokens = {name: r["stage_tokens_per_source"] for name, r in results.items()}
         rows = summary_rows([s.member for s in specs], metrics, tokens)
+        records = member_records(
+            [s.member for s in specs],
+            metrics,
+            {s.member.name: s.cfg.mixture.weights for s in specs},
+            {s.member.name: {"share": s.cfg.anneal.share, "seed": s.cfg.train.seed} for s in specs},
+        )
+        tracker.log_dict(run_id, records, "sweep/runs.json")
         folder = workdir(cfg) / "sweeps" / sid
         chart = publish(kind, folder, rows, tracker, run_id, title)
     except BaseException:
@@ -451,6 +459,7 @@ def sweep_flow(
             for s in specs
         ],
         "rows": rows,
+        "runs": records,
         "data_built": built,
         "trained": [s.member.name for s in specs if results[s.member.name]["trained"]],
         "folder": str(folder),

@@ -419,17 +419,28 @@ class TrackingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RuleConfig:
-    """When `metric` is below/above a threshold, move some sources' weights by `by`."""
+    """When `metric` (or, with `change: true`, its change since the previous stage) is below or
+    above a threshold, move sources by `by`: raise/lower them, introduce absent ones at `by`, or
+    retire them (towards 0; max_change bounds each step)."""
 
     name: str
     metric: str
-    """An MLflow metric of the stage run without the `eval/` prefix, e.g. `category/math`."""
+    """An MLflow metric of the stage run without the `eval/` prefix, e.g. `category/math`, or a
+    sweep result, e.g. `sweep/anneal-synthetic_math-0.6/delta/math`."""
     below: float | None = None
     above: float | None = None
+    change: bool = False
+    """Compare the change of `metric` since the previous stage (this stage - previous)."""
     raise_sources: list[str] = field(default_factory=list)
     lower_sources: list[str] = field(default_factory=list)
+    introduce_sources: list[str] = field(default_factory=list)
+    retire_sources: list[str] = field(default_factory=list)
     by: float = 0.05
-    """Absolute weight change, shared equally among the listed sources."""
+    """Absolute weight change, shared equally among the raised (lowered, introduced) sources."""
+
+    @property
+    def sources(self) -> list[str]:
+        return [*self.raise_sources, *self.lower_sources, *self.introduce_sources, *self.retire_sources]
 
     def __post_init__(self) -> None:
         check(
@@ -438,26 +449,91 @@ class RuleConfig:
             "exactly one of below/above must be set",
             (self.below, self.above),
         )
-        check(
-            bool(self.raise_sources or self.lower_sources),
-            "raise_sources",
-            "a rule must raise or lower some source",
-            self.raise_sources,
-        )
+        check(bool(self.sources), "raise_sources", "a rule must raise, lower, introduce or retire some source", [])
         check(0 < self.by <= 1, "by", "must be in (0, 1]", self.by)
+        twice = sorted({s for s in self.sources if self.sources.count(s) > 1})
+        check(not twice, "raise_sources", "a source is moved twice by one rule", twice)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnnealGainConfig:
+    """`anneal_gain`: weight to the annealing candidates in proportion to their gain over the
+    control (the priority-weighted mean of the category deltas)."""
+
+    step: float = 0.2
+    """The total weight moved towards (or away from) the candidates per stage."""
+    min_gain: float = 0.0
+    """Gains at or below this (in score units) never move the mixture."""
+
+    def __post_init__(self) -> None:
+        check(0 < self.step <= 1, "step", "must be in (0, 1]", self.step)
+        check(self.min_gain >= 0, "min_gain", "must be >= 0", self.min_gain)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegressionConfig:
+    """`regression`: fit score ~ b0 + sum_j b_j log(w_j + epsilon) over the data-ablation runs
+    (RegMix / data-mixing-law style) and maximise it on the constrained simplex, minus
+    `kl_penalty` * KL(next || current)."""
+
+    model: Literal["log_linear", "linear"] = "log_linear"
+    epsilon: float = 0.01
+    ridge: float = 1e-4
+    """L2 penalty on the coefficients (a handful of runs, several sources)."""
+    kl_penalty: float = 0.01
+    min_runs: int = 3
+    """Fewer distinct ablation mixtures than this: keep the mixture (and say so)."""
+
+    def __post_init__(self) -> None:
+        check(self.epsilon > 0, "epsilon", "must be > 0", self.epsilon)
+        check(self.ridge >= 0, "ridge", "must be >= 0", self.ridge)
+        check(self.kl_penalty >= 0, "kl_penalty", "must be >= 0", self.kl_penalty)
+        check(self.min_runs >= 2, "min_runs", "must be >= 2", self.min_runs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalConfig:
+    """Pause the pipeline after each rebalance and ask in the Prefect UI to approve or edit the
+    proposed mixture. Without a server (no `PREFECT_API_URL`) nobody can answer: `on_timeout`
+    applies at once."""
+
+    ask: bool = False
+    timeout_seconds: int = 3600
+    on_timeout: Literal["proceed", "stop"] = "proceed"
+    """What happens when nobody answers: train on the proposal, or stop the pipeline."""
+
+    def __post_init__(self) -> None:
+        check(self.timeout_seconds > 0, "timeout_seconds", "must be > 0", self.timeout_seconds)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RebalanceConfig:
-    """The policy that writes the next stage's mixture from this stage's evaluations."""
+    """The policy that writes the next stage's mixture from this stage's evaluations (and the
+    sweeps it ran), within the sources' constraints."""
 
-    policy: Literal["rules", "keep"] = "rules"
+    policy: Literal["keep", "rules", "anneal_gain", "regression"] = "rules"
     rules: list[RuleConfig] = field(default_factory=list)
     max_change: float = 0.2
     """The largest change of any one weight between two stages."""
+    priorities: dict[str, float] = field(default_factory=dict)
+    """Category weights of the score `anneal_gain` and `regression` maximise (empty: all 1)."""
+    noise_sigmas: float = 1.0
+    """With seed repeats, a gain smaller than this many standard deviations of its spread over
+    seeds is noise: it does not move the mixture."""
+    anneal_gain: AnnealGainConfig = field(default_factory=AnnealGainConfig)
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+    approval: ApprovalConfig = field(default_factory=ApprovalConfig)
 
     def __post_init__(self) -> None:
         check(0 < self.max_change <= 1, "max_change", "must be in (0, 1]", self.max_change)
+        for category, weight in self.priorities.items():
+            check(weight >= 0, f"priorities.{category}", "must be >= 0", weight)
+        if self.priorities:
+            check(sum(self.priorities.values()) > 0, "priorities", "must not all be 0", self.priorities)
+        check(self.noise_sigmas >= 0, "noise_sigmas", "must be >= 0", self.noise_sigmas)
+        names = [rule.name for rule in self.rules]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        check(not twice, "rules", "rule names must be unique", twice)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -602,7 +678,7 @@ class RunConfig:
                     source,
                 )
         for rule in self.rebalance.rules:
-            for source in (*rule.raise_sources, *rule.lower_sources):
+            for source in rule.sources:
                 check(
                     source in self.data.sources,
                     f"rebalance.rules.{rule.name}",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from smollm.config import RunConfig, StageConfig
-from smollm.rebalance import Proposal, propose, write_mixture
+from smollm.rebalance import Constraints, Proposal, RebalanceInputs, SourceLimits, SweepRun, propose, write_mixture
 from smollm.schema import to_dict
 from smollm.stage import TrainOutcome, evaluate, token_label, train
 from smollm.steps import StepResult, git_commit
@@ -166,9 +166,12 @@ def stage_evals(tracker: Tracker, stage_run_id: str) -> dict[str, float]:
     return evals
 
 
-def log_sweep_results(tracker: Tracker, run_id: str, rows: list[dict[str, Any]]) -> None:
-    """A sweep's summary rows as `sweep/<member>/score|delta/<category>` on `run_id` (a stage
-    run), where the stage's rebalance reads them."""
+def log_sweep_results(
+    tracker: Tracker, run_id: str, kind: str, rows: list[dict[str, Any]], records: list[dict[str, Any]]
+) -> None:
+    """A sweep's summary rows as `sweep/<member>/score|delta/<category>` metrics on `run_id` (a
+    stage run), and its members (`smollm.rebalance.SweepRun`) as `sweeps/<kind>.json`: what the
+    stage's rebalance reads."""
     metrics = {
         f"{SWEEP_PREFIX}{row['member']}/{key}": value
         for row in rows
@@ -176,6 +179,7 @@ def log_sweep_results(tracker: Tracker, run_id: str, rows: list[dict[str, Any]])
         if key.startswith(("score/", "delta/"))
     }
     tracker.log_metrics(run_id, metrics, step=0)
+    tracker.log_dict(run_id, records, f"sweeps/{kind}.json")
     tracker.flush()
 
 
@@ -188,6 +192,44 @@ def available_tokens(cfg: RunConfig, sources: Mapping[str, StepResult]) -> dict[
     return out
 
 
+def rebalance_inputs(
+    cfg: RunConfig,
+    stage_index: int,
+    summary: Mapping[str, Any],
+    sources: Mapping[str, StepResult],
+    tracker: Tracker,
+    *,
+    stage_run_id: str,
+    previous_stage_run_id: str | None,
+) -> RebalanceInputs:
+    """What the policy reads, from the tracking store: the stage's (and the previous stage's)
+    evaluations, the sweeps the stage ran; and the constraints of every source it may weigh
+    (built here, or with declared token counts)."""
+    available = available_tokens(cfg, sources)
+    available.update({n: s.available_tokens for n, s in cfg.data.sources.items() if s.available_tokens})
+    consumed = summary["tokens_per_source"]
+    limits = {
+        name: SourceLimits(
+            min_weight=cfg.data.sources[name].min_weight,
+            max_weight=cfg.data.sources[name].max_weight,
+            max_epochs=cfg.data.sources[name].max_epochs,
+            available_tokens=int(tokens),
+            consumed_tokens=int(consumed.get(name, 0)),
+        )
+        for name, tokens in sorted(available.items())
+    }
+    runs = [r for kind in ("anneal", "ablate") for r in tracker.load_dict(stage_run_id, f"sweeps/{kind}.json") or []]
+    return RebalanceInputs(
+        stage=cfg.pipeline.stages[stage_index].name,
+        next_stage=cfg.pipeline.stages[stage_index + 1].name,
+        metrics=stage_evals(tracker, stage_run_id),
+        previous_metrics=None if previous_stage_run_id is None else stage_evals(tracker, previous_stage_run_id),
+        mixture=dict(cfg.mixture.weights),
+        constraints=Constraints(limits, cfg.rebalance.max_change, cfg.pipeline.stages[stage_index + 1].train_tokens),
+        sweep_runs=[SweepRun.from_dict(r) for r in runs],
+    )
+
+
 def tracked_rebalance(
     cfg: RunConfig,
     stage_index: int,
@@ -196,30 +238,34 @@ def tracked_rebalance(
     tracker: Tracker,
     *,
     stage_run_id: str,
+    previous_stage_run_id: str | None,
     pipeline_run_id: str | None,
     mixture_name: str,
     generated_dir: Path,
     conf_dir: Path,
 ) -> tuple[Path, Proposal]:
-    """Propose the next stage's mixture from the stage's evaluations in MLflow; write it."""
+    """Propose the next stage's mixture from what MLflow recorded of the stage; write it, and
+    record the inputs (replayable), the proposal and its explanation on the stage run."""
     stage, next_stage = cfg.pipeline.stages[stage_index], cfg.pipeline.stages[stage_index + 1]
-    evals = stage_evals(tracker, stage_run_id)
-    proposal = propose(
-        cfg.rebalance,
-        evals,
-        cfg.mixture.weights,
-        cfg.data.sources,
-        consumed_tokens=summary["tokens_per_source"],
-        available_tokens=available_tokens(cfg, sources),
-        next_stage_tokens=next_stage.train_tokens,
+    inputs = rebalance_inputs(
+        cfg,
+        stage_index,
+        summary,
+        sources,
+        tracker,
+        stage_run_id=stage_run_id,
+        previous_stage_run_id=previous_stage_run_id,
     )
+    proposal = propose(cfg.rebalance, inputs)
     provenance = {
         "policy": cfg.rebalance.policy,
         "pipeline": cfg.pipeline.name,
         "from_stage": stage.name,
         "for_stage": next_stage.name,
         "previous_mixture": cfg.mixture.name,
-        "inputs": {k: round(v, 6) for k, v in sorted(evals.items()) if k.startswith(("category/", SWEEP_PREFIX))},
+        "inputs": {
+            k: round(v, 6) for k, v in sorted(inputs.metrics.items()) if k.startswith(("category/", SWEEP_PREFIX))
+        },
         "mlflow_runs": {"pipeline": pipeline_run_id, "stage": stage_run_id},
         "tracking_uri": getattr(tracker, "uri", None),
         "git_commit": git_commit(),
@@ -227,8 +273,28 @@ def tracked_rebalance(
     path = write_mixture(
         proposal, name=mixture_name, generated_dir=generated_dir, hand_written_dir=conf_dir, provenance=provenance
     )
+    record_proposal(tracker, stage_run_id, inputs, proposal, mixture_name, cfg)
     tracker.log_artifact(stage_run_id, path, "rebalance")
-    tracker.log_dict(
-        stage_run_id, {"explanation": proposal.explanation, "diff": proposal.diff()}, "rebalance/proposal.json"
-    )
     return path, proposal
+
+
+def record_proposal(
+    tracker: Tracker, run_id: str, inputs: RebalanceInputs, proposal: Proposal, mixture_name: str, cfg: RunConfig
+) -> None:
+    """`rebalance/inputs.json` (what `smollm replay` re-decides from), `rebalance/proposal.json`
+    and `rebalance/explanation.md` on the stage run."""
+    tracker.log_dict(run_id, inputs.to_dict(), "rebalance/inputs.json")
+    tracker.log_dict(
+        run_id,
+        {
+            "policy": to_dict(cfg.rebalance),
+            "mixture_name": mixture_name,
+            "weights": proposal.weights,
+            "previous": proposal.previous,
+            "explanation": proposal.explanation,
+            "diff": proposal.diff(),
+        },
+        "rebalance/proposal.json",
+    )
+    title = f"Next mixture for {inputs.next_stage} (after {inputs.stage})"
+    tracker.log_text(run_id, proposal.markdown(title), "rebalance/explanation.md")

@@ -154,6 +154,35 @@ def summary_rows(
     return rows
 
 
+def member_records(
+    members: Sequence[Member],
+    metrics: Mapping[str, Mapping[str, float]],
+    mixtures: Mapping[str, Mapping[str, float]],
+    settings: Mapping[str, Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """What a rebalancing policy reads of each member (`smollm.rebalance.SweepRun`): its candidates,
+    the mixture it trained on, its category scores, its control; `settings[name]` holds its
+    `share` (annealing candidates) and `seed`."""
+    controls = {m.group: m.name for m in members if m.is_control}
+    records = []
+    for member in members:
+        candidate = member.candidate
+        candidates = [] if candidate is None else candidate.strip("[]").replace(" ", "").split(",")
+        records.append(
+            {
+                "name": member.name,
+                "kind": member.kind,
+                "candidates": candidates,
+                "weights": dict(sorted(mixtures[member.name].items())),
+                "scores": category_scores(metrics[member.name]),
+                "control": None if member.is_control else controls.get(member.group),
+                "share": settings[member.name].get("share") if candidate and member.kind == "anneal" else None,
+                "seed": int(settings[member.name].get("seed", 0)),
+            }
+        )
+    return records
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The summary as a Markdown table (scores and deltas with 4 decimals)."""
     columns = list(dict.fromkeys(k for row in rows for k in row))

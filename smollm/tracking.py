@@ -25,11 +25,14 @@ class Tracker(Protocol):
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None: ...
     def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None: ...
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None: ...
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None: ...
     def flush(self) -> None: ...
     def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
     def latest_metrics(self, run_id: str) -> dict[str, float]: ...
+    def load_dict(self, run_id: str, artifact_file: str) -> Any | None: ...
+    def child_runs(self, run_id: str) -> list[tuple[str, dict[str, str]]]: ...
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -107,6 +110,9 @@ class MLflowTracker:
     def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
         self.client.log_dict(run_id, data, artifact_file)
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
@@ -122,6 +128,27 @@ class MLflowTracker:
     def latest_metrics(self, run_id: str) -> dict[str, float]:
         self._flush_run(run_id)
         return dict(self.client.get_run(run_id).data.metrics)
+
+    def child_runs(self, run_id: str) -> list[tuple[str, dict[str, str]]]:
+        """The runs nested under `run_id` (id and tags), oldest first."""
+        parent = self.client.get_run(run_id)
+        runs = self.client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=10000,
+        )
+        return [(r.info.run_id, dict(r.data.tags)) for r in runs]
+
+    def load_dict(self, run_id: str, artifact_file: str) -> Any | None:
+        """A JSON artifact of the run (None if it has none at that path)."""
+        import tempfile
+
+        folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
+        if Path(artifact_file).name not in {Path(f.path).name for f in self.client.list_artifacts(run_id, folder)}:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(self.client.download_artifacts(run_id, artifact_file, tmp)).read_text())
 
 
 class NullTracker:
@@ -153,6 +180,9 @@ class NullTracker:
     def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
         self.runs[run_id]["artifacts"][artifact_file] = json.loads(json.dumps(data))
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.runs[run_id]["artifacts"][artifact_file] = text
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.runs[run_id]["artifacts"][str(Path(artifact_path or "") / Path(path).name)] = str(path)
 
@@ -167,6 +197,12 @@ class NullTracker:
 
     def latest_metrics(self, run_id: str) -> dict[str, float]:
         return {k: v[-1][1] for k, v in self.runs[run_id]["metrics"].items()}
+
+    def load_dict(self, run_id: str, artifact_file: str) -> Any | None:
+        return self.runs[run_id]["artifacts"].get(artifact_file)
+
+    def child_runs(self, run_id: str) -> list[tuple[str, dict[str, str]]]:
+        return [(i, dict(r["tags"])) for i, r in self.runs.items() if r["parent"] == run_id]
 
 
 _TRACKERS: dict[tuple[str, str], MLflowTracker] = {}

@@ -1,4 +1,4 @@
-"""Task: read the stage's evaluations from MLflow and write the next stage's mixture."""
+"""Task: read the stage's evaluations and sweeps from MLflow, propose the next stage's mixture, write it."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def rebalance(
     sources: dict[str, StepResult],
     *,
     stage_run_id: str,
+    previous_stage_run_id: str | None,
     pipeline_run_id: str | None,
     mixture_name: str,
     generated_dir: Path,
@@ -34,6 +35,7 @@ def rebalance(
         sources,
         tracker_for(cfg),
         stage_run_id=stage_run_id,
+        previous_stage_run_id=previous_stage_run_id,
         pipeline_run_id=pipeline_run_id,
         mixture_name=mixture_name,
         generated_dir=generated_dir,

@@ -1,82 +1,177 @@
-"""The rules policy: which rule fires, bounded moves, constraints, and the written YAML."""
+"""The policies on hand-made inputs: which signal moves which source, bounded moves, constraints,
+noise, explanations, and the written YAML."""
 
 import pytest
 import yaml
 
-from smollm.config import RebalanceConfig, RuleConfig, SourceConfig
-from smollm.rebalance import GENERATED_MARK, Bounds, project, propose, write_mixture
+from smollm.config import AnnealGainConfig, RebalanceConfig, RuleConfig
+from smollm.rebalance import (
+    GENERATED_MARK,
+    Constraints,
+    Infeasible,
+    RebalanceInputs,
+    SourceLimits,
+    SweepRun,
+    propose,
+    violations,
+    write_mixture,
+)
 
-SOURCES = {
-    "prose": SourceConfig(name="prose", loader="builtin", builtin="stdlib_prose", min_weight=0.1),
-    "code": SourceConfig(name="code", loader="builtin", builtin="stdlib_code"),
-    "math": SourceConfig(name="math", loader="builtin", builtin="synthetic_math", max_weight=0.5, max_epochs=4),
-}
 CURRENT = {"prose": 0.6, "code": 0.3, "math": 0.1}
-PLENTY = {"prose": 10**9, "code": 10**9, "math": 10**9}
+PLENTY = 10**9
 
 
-def rules(**kw):
-    rule = RuleConfig(name="math_low", metric="category/math", below=0.5, raise_sources=["math"], by=0.1)
-    return RebalanceConfig(policy="rules", rules=[rule], **kw)
+def limits(**kw):
+    sources = {
+        "prose": SourceLimits(min_weight=0.1, available_tokens=PLENTY),
+        "code": SourceLimits(available_tokens=PLENTY),
+        "math": SourceLimits(max_weight=0.5, available_tokens=PLENTY),
+        "extra": SourceLimits(available_tokens=PLENTY),
+    }
+    for name, change in kw.items():
+        sources[name] = SourceLimits(**{**vars(sources[name]), **change})
+    return sources
 
 
-def run(config, metrics, available=PLENTY, consumed=None, next_tokens=1000):
-    return propose(
-        config,
-        metrics,
-        CURRENT,
-        SOURCES,
-        consumed_tokens=consumed or {},
-        available_tokens=available,
-        next_stage_tokens=next_tokens,
+def inputs(metrics=None, previous=None, runs=(), max_change=0.2, next_tokens=1000, mixture=CURRENT, **kw):
+    return RebalanceInputs(
+        stage="s1",
+        next_stage="s2",
+        metrics=dict(metrics or {}),
+        previous_metrics=previous,
+        mixture=dict(mixture),
+        constraints=Constraints(limits(**kw), max_change, next_tokens),
+        sweep_runs=list(runs),
     )
 
 
+def rules(*extra, **kw):
+    rule = RuleConfig(name="math_low", metric="category/math", below=0.5, raise_sources=["math"], by=0.1)
+    return RebalanceConfig(policy="rules", rules=[rule, *extra], **kw)
+
+
 def test_rule_fires_below_threshold_and_others_shrink_in_proportion():
-    p = run(rules(), {"category/math": 0.3})
+    p = propose(rules(), inputs({"category/math": 0.3}))
     assert p.weights["math"] == pytest.approx(0.2)
     assert p.weights["prose"] == pytest.approx(0.8 * 0.6 / 0.9, abs=1e-6)
     assert p.weights["code"] == pytest.approx(0.8 * 0.3 / 0.9, abs=1e-6)
     assert sum(p.weights.values()) == pytest.approx(1.0)
-    assert any("math_low" in line and "+math" in line for line in p.explanation)
+    assert p.explanation == ["rule math_low: category/math=0.3000 < 0.5; +math by 0.1"]
 
 
 def test_rule_does_not_fire_above_threshold():
-    p = run(rules(), {"category/math": 0.7})
+    p = propose(rules(), inputs({"category/math": 0.7}))
     assert p.weights == pytest.approx(CURRENT)
-    assert "no change" in p.explanation[0]
+    assert p.explanation == ["rule math_low: category/math=0.7000 not < 0.5; no change"]
+
+
+def test_a_rule_on_the_change_since_the_previous_stage():
+    stalled = RuleConfig(name="code_stalled", metric="category/code", below=0.01, change=True, raise_sources=["code"])
+    config = RebalanceConfig(rules=[stalled])
+    p = propose(config, inputs({"category/code": 0.40}, previous={"category/code": 0.395}))
+    assert p.weights["code"] == pytest.approx(0.35) and "change of category/code=+0.0050" in p.explanation[0]
+    p = propose(config, inputs({"category/code": 0.45}, previous={"category/code": 0.40}))
+    assert p.weights == pytest.approx(CURRENT)
+    p = propose(config, inputs({"category/code": 0.45}))  # a first stage has no change
+    assert p.weights == pytest.approx(CURRENT) and "no previous stage value" in p.explanation[0]
+
+
+def test_introduce_and_retire_move_by_bounded_steps():
+    rule = RuleConfig(
+        name="swap", metric="category/math", below=1, introduce_sources=["extra"], retire_sources=["prose"], by=0.1
+    )
+    p = propose(RebalanceConfig(rules=[rule], max_change=0.2), inputs({"category/math": 0.0}))
+    assert p.weights["extra"] == pytest.approx(0.1)
+    assert p.weights["prose"] == pytest.approx(0.4)  # retiring: at most max_change per stage
+    assert any(line.startswith("constraint: prose") and "max_change" in line for line in p.explanation)
+    assert not violations(p.weights, CURRENT, inputs().constraints)
 
 
 def test_max_change_bounds_the_move():
     config = RebalanceConfig(
         rules=[RuleConfig(name="r", metric="m", below=1, raise_sources=["math"], by=0.5)], max_change=0.15
     )
-    p = run(config, {"m": 0})
+    p = propose(config, inputs({"m": 0}, max_change=0.15))
     assert p.weights["math"] == pytest.approx(0.25, abs=1e-6)
 
 
 def test_epoch_cap_limits_a_source_given_tokens_left():
     # math: 4 epochs of 1000 tokens, 3700 consumed -> 300 left for a 1000-token stage -> weight <= 0.3
-    p = run(rules(max_change=1.0), {"category/math": 0.0}, available={**PLENTY, "math": 1000}, consumed={"math": 3700})
+    capped = {"available_tokens": 1000, "consumed_tokens": 3700}
+    p = propose(rules(max_change=1.0), inputs({"category/math": 0.0}, max_change=1.0, math=capped))
     assert p.weights["math"] == pytest.approx(0.2)
-    p = run(rules(max_change=1.0), {"category/math": 0.0}, available={**PLENTY, "math": 1000}, consumed={"math": 3900})
+    capped["consumed_tokens"] = 3900
+    p = propose(rules(max_change=1.0), inputs({"category/math": 0.0}, max_change=1.0, math=capped))
     assert p.weights["math"] == pytest.approx(0.1, abs=1e-6)
     assert any("epoch cap" in line for line in p.explanation)
 
 
 def test_missing_metric_names_the_rule():
     with pytest.raises(ValueError, match=r"rebalance.rules.math_low.metric: 'category/math' was not logged"):
-        run(rules(), {"category/code": 0.3})
+        propose(rules(), inputs({"category/code": 0.3}))
 
 
 def test_infeasible_constraints_say_which():
-    bounds = {"a": Bounds(0.7, 1.0), "b": Bounds(0.5, 1.0)}
-    with pytest.raises(ValueError, match="minimum weights sum to 1.2000"):
-        project({"a": 0.5, "b": 0.5}, bounds)
+    with pytest.raises(Infeasible, match=r"lower bounds sum to 1.2000 > 1: .*code >= 0.5000 \(min_weight=0.5\)"):
+        propose(rules(), inputs({"category/math": 0.9}, prose={"min_weight": 0.7}, code={"min_weight": 0.5}))
+    # math must drop to its epoch cap (0.0) but may only move by max_change 0.05 per stage
+    exhausted = {"available_tokens": 1000, "consumed_tokens": 4000}
+    with pytest.raises(Infeasible, match=r"infeasible for math: max_change: 0.1000-0.05 .* but epoch cap"):
+        propose(rules(max_change=0.05), inputs({"category/math": 0.9}, max_change=0.05, math=exhausted))
 
 
-def test_written_mixture_has_provenance_and_never_replaces_hand_written(tmp_path):
-    p = run(rules(), {"category/math": 0.3})
+def anneal_runs(gains: dict[str, list[float]], category="math"):
+    """Members of an annealing sweep: per seed a control and each candidate `gain` above it."""
+    runs = []
+    for seed in range(max(len(g) for g in gains.values())):
+        control = f"anneal-control-seed{seed}"
+        base = 0.3 + 0.01 * seed
+        runs.append(SweepRun(control, "anneal", (), CURRENT, {category: base, "code": 0.2}, seed=seed))
+        for name, per_seed in gains.items():
+            runs.append(
+                SweepRun(
+                    f"anneal-{name}-0.6-seed{seed}",
+                    "anneal",
+                    (name,),
+                    {},
+                    {category: base + per_seed[seed], "code": 0.2},
+                    control=control,
+                    share=0.6,
+                    seed=seed,
+                )
+            )
+    return runs
+
+
+def test_anneal_gain_moves_weight_towards_the_larger_gain():
+    config = RebalanceConfig(policy="anneal_gain", anneal_gain=AnnealGainConfig(step=0.2))
+    p = propose(config, inputs(runs=anneal_runs({"math": [0.06, 0.07], "code": [0.02, 0.03]})))
+    # gains: the mean over the categories (math, code) of the deltas -> math 0.0325, code 0.0125
+    assert p.weights["math"] - CURRENT["math"] == pytest.approx(0.2 * 0.0325 / 0.045, abs=1e-6)
+    assert p.weights["code"] - CURRENT["code"] == pytest.approx(0.2 * 0.0125 / 0.045, abs=1e-5)
+    assert p.weights["prose"] == pytest.approx(1 - 0.1 - 0.3 - 0.2, abs=1e-5)
+    assert "math (share 0.6) gains +0.0325 ± 0.0035 over 2 seeds: raise math by 0.1444" in p.explanation[1]
+    math_only = RebalanceConfig(policy="anneal_gain", priorities={"math": 1.0})
+    p = propose(math_only, inputs(runs=anneal_runs({"math": [0.06, 0.07], "code": [0.02, 0.03]})))
+    assert p.weights["math"] - CURRENT["math"] == pytest.approx(0.2 * 0.065 / 0.09, abs=1e-6)
+
+
+def test_anneal_gain_within_the_seed_noise_does_not_move_the_mixture():
+    config = RebalanceConfig(policy="anneal_gain", noise_sigmas=1.0)
+    p = propose(config, inputs(runs=anneal_runs({"math": [0.05, -0.03], "code": [0.01, -0.005]})))
+    assert p.weights == pytest.approx(CURRENT)
+    assert all("within the noise" in line for line in p.explanation)
+
+
+def test_anneal_gain_without_annealing_runs_keeps_the_mixture():
+    p = propose(RebalanceConfig(policy="anneal_gain"), inputs())
+    assert p.weights == pytest.approx(CURRENT) and "no annealing runs" in p.explanation[0]
+
+
+def test_a_proposal_reads_as_markdown_and_the_yaml_has_provenance(tmp_path):
+    p = propose(rules(), inputs({"category/math": 0.3}))
+    text = p.markdown("Next mixture for s2")
+    assert "| math | 0.1000 | 0.2000 | +0.1000 |" in text and "- rule math_low" in text
     conf = tmp_path / "conf"
     (conf / "mixture").mkdir(parents=True)
     (conf / "mixture" / "mine.yaml").write_text("name: mine\nweights: {prose: 1.0}\n")
@@ -90,6 +185,7 @@ def test_written_mixture_has_provenance_and_never_replaces_hand_written(tmp_path
     )
     text = path.read_text()
     assert text.startswith(GENERATED_MARK) and "r1" in text and "math: 0.1000 -> 0.2000 (+0.1000)" in text
+    assert "#   rule math_low: category/math=0.3000 < 0.5; +math by 0.1" in text
     assert yaml.safe_load(text) == {"name": "demo-stage2-abc", "weights": p.weights}
     with pytest.raises(ValueError, match="hand-written"):
         write_mixture(p, name="mine", generated_dir=gen, hand_written_dir=conf, provenance={})
@@ -99,11 +195,16 @@ def test_written_mixture_has_provenance_and_never_replaces_hand_written(tmp_path
 
 
 def test_same_decision_keeps_the_original_file_and_provenance(tmp_path):
-    p = run(rules(), {"category/math": 0.3})
+    p = propose(rules(), inputs({"category/math": 0.3}))
     kwargs = {"name": "demo-s2", "generated_dir": tmp_path / "gen", "hand_written_dir": tmp_path / "conf"}
     path = write_mixture(p, provenance={"mlflow_runs": {"stage": "first"}}, **kwargs)
     write_mixture(p, provenance={"mlflow_runs": {"stage": "second"}}, **kwargs)
     assert "first" in path.read_text() and "second" not in path.read_text()
-    other = run(rules(), {"category/math": 0.9})
+    other = propose(rules(), inputs({"category/math": 0.9}))
     write_mixture(other, provenance={"mlflow_runs": {"stage": "third"}}, **kwargs)
     assert "third" in path.read_text() and yaml.safe_load(path.read_text())["weights"] == other.weights
+
+
+def test_inputs_round_trip_through_json():
+    data = inputs({"category/math": 0.3}, previous={"category/math": 0.2}, runs=anneal_runs({"math": [0.1]}))
+    assert RebalanceInputs.from_dict(yaml.safe_load(yaml.safe_dump(data.to_dict()))) == data

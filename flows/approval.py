@@ -1,0 +1,175 @@
+"""Approval of a proposed mixture in the Prefect UI, between two stages of a pipeline.
+
+With `rebalance.approval.ask: true`, the pipeline flow pauses after a stage's rebalance and
+waits for typed input (Prefect's `pause_flow_run(wait_for_input=...)`): the form shows the
+proposal (its diff and reasons in the description) with the proposed weights filled in. The
+person approves, edits the weights, or rejects (the pipeline stops there). An edit is validated
+like any mixture config — declared sources, weights in [0, 1] summing to 1 — and written as a
+generated mixture with its provenance; an invalid edit is rejected with the field named and the
+form asked again. When nobody answers within `timeout_seconds`, `on_timeout` applies (proceed
+or stop); so it does at once when no server is there to ask on (the embedded default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+
+from flows.compose import CONF_DIR, generated_dir
+from flows.runtime import server_can_ask
+from smollm.config import ConfigError, MixtureConfig, RunConfig
+from smollm.rebalance import Proposal, write_mixture
+from smollm.schema import from_dict
+from smollm.tracking import make_tracker
+
+
+class SourceWeight(pydantic.BaseModel):
+    source: str
+    weight: float = pydantic.Field(ge=0, le=1)
+
+
+class MixtureApproval(RunInput):
+    """The form: keep `approve` and the weights to accept the proposal; edit the weights (they
+    must sum to 1) to train the next stage on your mixture; untick `approve` to stop here. The
+    weights are rows (the UI renders a row per source; the server checks each weight's range)."""
+
+    approve: bool = True
+    weights: list[SourceWeight]
+    note: str = ""
+
+    def mixture(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for row in self.weights:
+            if row.source in out:
+                raise ConfigError(f"mixture.weights.{row.source}: is given twice, got {row.source!r}")
+            out[row.source] = row.weight
+        return out
+
+
+def rows(weights: dict[str, float]) -> list[dict[str, Any]]:
+    return [{"source": name, "weight": weight} for name, weight in sorted(weights.items())]
+
+
+@dataclass(frozen=True)
+class Decision:
+    mixture: str | None
+    """The next stage's mixture; None: stop the pipeline."""
+    how: str
+    """approved | edited | rejected | timeout-proceed | timeout-stop | no-server-proceed | no-server-stop"""
+    weights: dict[str, float] | None = None
+
+
+def validate_edit(cfg: RunConfig, weights: dict[str, float]) -> MixtureConfig:
+    """The edited mixture as a config, or `ConfigError` naming the field (`mixture.weights.x: ...`)."""
+    mixture = from_dict(MixtureConfig, {"name": "edited", "weights": weights}, "mixture")
+    declared = sorted(cfg.data.sources)
+    for source in weights:
+        if source not in cfg.data.sources:
+            raise ConfigError(f"mixture.weights.{source}: is not a declared source {declared}, got {source!r}")
+    return mixture
+
+
+def ask(cfg: RunConfig, stage: dict[str, Any], next_stage: str) -> Decision:
+    """Pause the running pipeline flow until the proposal after `stage` is approved, edited,
+    rejected, or the time is up."""
+    settings = cfg.rebalance.approval
+    proposed = stage["proposal"]
+    if not server_can_ask():
+        print(f"approval: no Prefect server to ask on (PREFECT_API_URL unset); on_timeout={settings.on_timeout}")
+        return _default(stage, f"no-server-{settings.on_timeout}", settings.on_timeout)
+    rejected = ""
+    while True:
+        form = MixtureApproval.with_initial_data(
+            description=_description(proposed["explanation"], next_stage, rejected), weights=rows(proposed["weights"])
+        )
+        try:
+            answer = pause_flow_run(wait_for_input=form, timeout=settings.timeout_seconds, poll_interval=1)
+        except FlowPauseTimeout:
+            print(f"approval: nobody answered within {settings.timeout_seconds}s; on_timeout={settings.on_timeout}")
+            _running_again()
+            return _default(stage, f"timeout-{settings.on_timeout}", settings.on_timeout)
+        if not answer.approve:
+            return Decision(None, "rejected")
+        try:
+            weights = answer.mixture()
+            if _same(weights, proposed["weights"]):
+                return Decision(stage["next_mixture"], "approved", proposed["weights"])
+            validate_edit(cfg, weights)
+        except (ConfigError, ValueError) as err:
+            rejected = str(err)
+            print(f"approval: edit rejected: {rejected}")
+            continue
+        return Decision(_write_edit(cfg, stage, weights, answer.note), "edited", weights)
+
+
+def _running_again() -> None:
+    """An expired pause stays on the server: unless the run is set back to Running, the server
+    turns its final state into Failed ("never resumed") although the flow went on."""
+    from prefect import get_client
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Running(message="approval timed out"), force=True)
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    names = set(a) | set(b)
+    return all(abs(a.get(n, 0.0) - b.get(n, 0.0)) < 1e-9 for n in names)
+
+
+def _default(stage: dict[str, Any], how: str, on_timeout: str) -> Decision:
+    if on_timeout == "stop":
+        return Decision(None, how)
+    return Decision(stage["next_mixture"], how, stage["proposal"]["weights"])
+
+
+def _description(explanation: str, next_stage: str, rejected: str) -> str:
+    head = (
+        f"**Approve the mixture for {next_stage}**, edit its weights (they must sum to 1), or untick approve to stop."
+    )
+    if rejected:
+        head = f"**Your edit was rejected:** `{rejected}`\n\n{head}"
+    return f"{head}\n\n{explanation}"
+
+
+def _write_edit(cfg: RunConfig, stage: dict[str, Any], weights: dict[str, float], note: str) -> str:
+    digest = hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{stage['next_mixture']}-edited-{digest}"
+    proposed = stage["proposal"]
+    edit = Proposal(
+        {k: v for k, v in sorted(weights.items()) if v > 0},
+        proposed["previous"],
+        "edited",
+        [f"edited in the Prefect UI (flow run {flow_run.id})" + (f": {note}" if note else "")],
+    )
+    provenance = {
+        "policy": "edited in the Prefect UI",
+        "proposed_mixture": stage["next_mixture"],
+        "proposed_weights": proposed["weights"],
+        "prefect_flow_run": str(flow_run.id),
+        "mlflow_runs": {"stage": stage["stage_run_id"]},
+    }
+    write_mixture(
+        edit, name=name, generated_dir=generated_dir(cfg.workdir), hand_written_dir=CONF_DIR, provenance=provenance
+    )
+    return name
+
+
+def record(cfg: RunConfig, stage: dict[str, Any], decision: Decision) -> None:
+    """The decision on the stage run (`rebalance/approval.json`, tag `smollm.approval`)."""
+    tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
+    tracker.log_dict(
+        stage["stage_run_id"],
+        {"how": decision.how, "mixture": decision.mixture, "weights": decision.weights},
+        "rebalance/approval.json",
+    )
+    tracker.set_tags(stage["stage_run_id"], {"smollm.approval": decision.how})

@@ -1,0 +1,26 @@
+"""Rebalancing: from a stage's evaluations and sweeps, propose the next stage's mixture.
+
+`inputs.RebalanceInputs` is what a policy reads; `propose.propose` runs the configured policy
+(`keep`, `rules`, `anneal_gain`, `regression`) and holds the constraints (`constraints.py`);
+`write.write_mixture` writes the result as Hydra YAML in the generated-config folder, with its
+provenance and reasons in the header, never over a hand-written config.
+"""
+
+from smollm.rebalance.constraints import Constraints, Infeasible, SourceLimits, violations
+from smollm.rebalance.inputs import RebalanceInputs, SweepRun
+from smollm.rebalance.propose import Proposal, propose
+from smollm.rebalance.write import GENERATED_MARK, generated_mixture_name, write_mixture
+
+__all__ = [
+    "GENERATED_MARK",
+    "Constraints",
+    "Infeasible",
+    "Proposal",
+    "RebalanceInputs",
+    "SourceLimits",
+    "SweepRun",
+    "generated_mixture_name",
+    "propose",
+    "violations",
+    "write_mixture",
+]

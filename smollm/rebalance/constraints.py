@@ -1,0 +1,179 @@
+"""The constraints every proposed mixture satisfies, and the projection onto them.
+
+Per source: its min/max weight, at most `max_change` away from its current weight, and the epoch
+cap (what is left of `max_epochs * available_tokens` after the tokens already consumed, over the
+next stage's budget). Together with "the weights sum to 1" they form a box on the simplex; a
+policy's targets are projected onto it (the closest point, Euclidean), and an empty box is an
+`Infeasible` error that names the constraints that conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+TOLERANCE = 1e-6
+
+
+class Infeasible(ValueError):
+    """The constraints leave no valid mixture; the message says which."""
+
+
+@dataclass(frozen=True)
+class SourceLimits:
+    """What the constraints need to know of one source."""
+
+    min_weight: float = 0.0
+    max_weight: float = 1.0
+    max_epochs: float = 4.0
+    available_tokens: int = 0
+    consumed_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Constraints:
+    sources: dict[str, SourceLimits]
+    max_change: float
+    next_stage_tokens: int
+
+    def epoch_cap(self, name: str) -> float:
+        limits = self.sources[name]
+        left = limits.max_epochs * limits.available_tokens - limits.consumed_tokens
+        return max(0.0, left / self.next_stage_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_change": self.max_change,
+            "next_stage_tokens": self.next_stage_tokens,
+            "sources": {n: vars(s) for n, s in sorted(self.sources.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Constraints:
+        sources = {n: SourceLimits(**s) for n, s in data["sources"].items()}
+        return cls(sources, float(data["max_change"]), int(data["next_stage_tokens"]))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    low: float
+    high: float
+    why_low: str
+    why_high: str
+
+
+def source_bounds(names: list[str], current: Mapping[str, float], constraints: Constraints) -> dict[str, Bounds]:
+    """Each source's [low, high]; a source whose own constraints conflict is `Infeasible`."""
+    bounds = {}
+    for name in names:
+        if name not in constraints.sources:
+            raise Infeasible(f"rebalance: source {name!r} has no constraints (not a declared, built source)")
+        limits, before = constraints.sources[name], current.get(name, 0.0)
+        highs = {
+            f"max_weight={limits.max_weight:g}": limits.max_weight,
+            f"max_change: {before:.4f}+{constraints.max_change:g}": before + constraints.max_change,
+            f"epoch cap: {limits.max_epochs:g} epochs of {limits.available_tokens} tokens, "
+            f"{limits.consumed_tokens} consumed": constraints.epoch_cap(name),
+        }
+        lows = {
+            f"min_weight={limits.min_weight:g}": limits.min_weight,
+            f"max_change: {before:.4f}-{constraints.max_change:g}": before - constraints.max_change,
+            "0": 0.0,
+        }
+        why_high = min(highs, key=highs.__getitem__)
+        why_low = max(lows, key=lows.__getitem__)
+        low, high = lows[why_low], min(1.0, highs[why_high])
+        if low > high + TOLERANCE:
+            raise Infeasible(
+                f"rebalance: infeasible for {name}: {why_low} (>= {low:.4f}) but {why_high} (<= {high:.4f})"
+            )
+        bounds[name] = Bounds(low, max(low, high), why_low, why_high)
+    return bounds
+
+
+def check_feasible(bounds: Mapping[str, Bounds]) -> None:
+    low = sum(b.low for b in bounds.values())
+    high = sum(b.high for b in bounds.values())
+    if low > 1 + TOLERANCE:
+        detail = ", ".join(f"{n} >= {b.low:.4f} ({b.why_low})" for n, b in sorted(bounds.items()) if b.low > 0)
+        raise Infeasible(f"rebalance: infeasible, the lower bounds sum to {low:.4f} > 1: {detail}")
+    if high < 1 - TOLERANCE:
+        detail = ", ".join(f"{n} <= {b.high:.4f} ({b.why_high})" for n, b in sorted(bounds.items()))
+        raise Infeasible(f"rebalance: infeasible, the upper bounds sum to {high:.4f} < 1: {detail}")
+
+
+def project(weights: Mapping[str, float], bounds: Mapping[str, Bounds], keep: Iterable[str] = ()) -> dict[str, float]:
+    """The closest weights (Euclidean) that sum to 1 within the bounds. The sources in `keep` (the
+    ones a policy moved) hold their targets, clipped to their bounds, while the others can absorb
+    the difference; only when they cannot is everything projected together."""
+    check_feasible(bounds)
+    kept = {n: min(bounds[n].high, max(bounds[n].low, weights.get(n, 0.0))) for n in keep if n in bounds}
+    rest = {n: b for n, b in bounds.items() if n not in kept}
+    left = 1.0 - sum(kept.values())
+    if kept and rest and sum(b.low for b in rest.values()) <= left <= sum(b.high for b in rest.values()):
+        return round_within({**kept, **_project(weights, rest, left)}, bounds)
+    if kept and not rest and abs(left) <= TOLERANCE:
+        return round_within(kept, bounds)
+    return round_within(_project(weights, bounds, 1.0), bounds)
+
+
+def _project(weights: Mapping[str, float], bounds: Mapping[str, Bounds], total: float) -> dict[str, float]:
+    names = sorted(bounds)
+
+    def clipped(tau: float) -> dict[str, float]:
+        return {n: min(bounds[n].high, max(bounds[n].low, weights.get(n, 0.0) - tau)) for n in names}
+
+    # sum(clipped(tau)) decreases in tau, from the highs' sum (every source at its high) to the
+    # lows' (every one at its low); bisect for sum == total
+    values = [weights.get(n, 0.0) for n in names]
+    lo, hi = min(values) - 1.0, max(values) + 1.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if sum(clipped(mid).values()) > total else (lo, mid)
+    return clipped((lo + hi) / 2)
+
+
+def round_within(weights: Mapping[str, float], bounds: Mapping[str, Bounds], digits: int = 6) -> dict[str, float]:
+    """Weights rounded to `digits`, summing to 1 exactly as far as floats go, still in bounds:
+    the rounding residue goes to the sources with room for it."""
+    unit = 10.0**-digits
+    rounded = {n: round(w, digits) for n, w in weights.items()}
+    residue = round((1.0 - sum(rounded.values())) / unit)
+    order = sorted(rounded, key=lambda n: -(bounds[n].high - rounded[n] if residue > 0 else rounded[n] - bounds[n].low))
+    step = 1 if residue > 0 else -1
+    while residue != 0:
+        moved = False
+        for name in order:
+            room = bounds[name].high - rounded[name] if step > 0 else rounded[name] - bounds[name].low
+            if room >= unit / 2 and residue != 0:
+                rounded[name] = round(rounded[name] + step * unit, digits)
+                residue -= step
+                moved = True
+        if not moved:  # no source has room for the residue at `digits` (bounds summing to 1): unrounded
+            return {n: w for n, w in sorted(weights.items()) if w > 0}
+    return {n: w for n, w in sorted(rounded.items()) if w > 0}
+
+
+def violations(weights: Mapping[str, float], current: Mapping[str, float], constraints: Constraints) -> list[str]:
+    """Every constraint `weights` breaks (empty for a valid proposal); what the tests check."""
+    found = []
+    total = sum(weights.values())
+    if abs(total - 1) > TOLERANCE:
+        found.append(f"weights sum to {total}")
+    for name in sorted(set(weights) | set(current)):
+        w, before = weights.get(name, 0.0), current.get(name, 0.0)
+        if name not in constraints.sources:
+            if w > 0:
+                found.append(f"{name}: undeclared source")
+            continue
+        limits = constraints.sources[name]
+        if w < 0:
+            found.append(f"{name}: negative weight {w}")
+        if w > limits.max_weight + TOLERANCE or w < limits.min_weight - TOLERANCE:
+            found.append(f"{name}: weight {w} outside [{limits.min_weight}, {limits.max_weight}]")
+        if abs(w - before) > constraints.max_change + TOLERANCE:
+            found.append(f"{name}: change {w - before:+.6f} beyond max_change {constraints.max_change}")
+        if w > constraints.epoch_cap(name) + TOLERANCE:
+            found.append(f"{name}: weight {w} past the epoch cap {constraints.epoch_cap(name):.6f}")
+    return found
