@@ -65,7 +65,10 @@ def test_a_person_edits_the_proposal_an_invalid_edit_is_refused_and_the_next_sta
     def answer():
         run = paused_run(seen)
         answers["first_form"] = form(run)
-        with pytest.raises(RuntimeError, match="Validation failed for field 'weights.0.weight'"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"Validation failed for field 'weights\[1\].weight'. Failure reason: -0.5 is less than the minimum of 0",
+        ):
             resume_flow_run(run.id, run_input={"weights": rows({"stdlib_prose": -0.5, "stdlib_code": 1.5})})
         resume_flow_run(run.id, run_input={"weights": rows({"stdlib_prose": 0.7, "nope": 0.3})})
         run = paused_run(seen)  # asked again, with the reason
