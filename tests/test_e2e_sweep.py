@@ -134,7 +134,11 @@ def test_summary_deltas_are_the_differences_of_the_members_mlflow_metrics(sweeps
     assert [row["member"] for row in data] == [row["member"] for row in first["rows"]]
     assert [row["delta/math"] for row in data] == pytest.approx([row["delta/math"] for row in first["rows"]])
     logged = client.list_artifacts(first["sweep_run_id"], "sweep")
-    assert {Path(a.path).name for a in logged} == {"summary.json", "summary.md", "deltas.png"}
+    assert {Path(a.path).name for a in logged} == {"summary.json", "summary.md", "deltas.png", "runs.json"}
+    records = {r["name"]: r for r in first["runs"]}  # what a rebalancing policy reads of each member
+    for name, record in records.items():
+        assert record["scores"] == {c: rows[name][f"score/{c}"] for c in categories}
+        assert record["control"] == (None if name == "anneal-control-seed0" else "anneal-control-seed0")
     assert Path(first["chart"]).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((Path(first["folder"]) / "summary.json").read_text()) == first["rows"]
 
