@@ -12,8 +12,6 @@ or stop); so it does at once when no server is there to ask on (the embedded def
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from flows.compose import CONF_DIR, generated_dir
 from flows.runtime import server_can_ask
 from smollm.config import ConfigError, MixtureConfig, RunConfig
 from smollm.rebalance import Proposal, write_mixture
+from smollm.rebalance.write import weights_digest
 from smollm.schema import from_dict
 from smollm.tracking import make_tracker
 
@@ -142,8 +141,7 @@ def _description(explanation: str, next_stage: str, rejected: str) -> str:
 
 
 def _write_edit(cfg: RunConfig, stage: dict[str, Any], weights: dict[str, float], note: str) -> str:
-    digest = hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:8]
-    name = f"{stage['next_mixture']}-edited-{digest}"
+    name = f"{stage['next_mixture']}-edited-{weights_digest(weights)}"
     proposed = stage["proposal"]
     edit = Proposal(
         {k: v for k, v in sorted(weights.items()) if v > 0},

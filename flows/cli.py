@@ -84,6 +84,7 @@ def offline_rebalance(command: str, run_id: str, policy: str | None, overrides: 
     from pathlib import Path
 
     from smollm.rebalance import write_mixture
+    from smollm.rebalance.write import weights_digest
     from smollm.replay import format_replay, recorded_decisions, replay
     from smollm.tracking import make_tracker
 
@@ -100,10 +101,7 @@ def offline_rebalance(command: str, run_id: str, policy: str | None, overrides: 
         proposal = row["proposal"]
         print(proposal.markdown(f"Next mixture for {row['next_stage']} (after {row['stage']}, run {row['run_id']})"))
         if write:
-            import hashlib
-
-            digest = hashlib.sha256(json.dumps(proposal.weights, sort_keys=True).encode()).hexdigest()[:8]
-            name = f"offline-{row['next_stage']}-{proposal.policy}-{digest}"
+            name = f"offline-{row['next_stage']}-{proposal.policy}-{weights_digest(proposal.weights)}"
             provenance = {"policy": proposal.policy, "from_stage_run": row["run_id"], "offline": True}
             path = write_mixture(
                 proposal,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smollm.rebalance.constraints import Constraints
+from smollm.sweep import category_scores
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class RebalanceInputs:
 
     @property
     def scores(self) -> dict[str, float]:
-        return category_scores(self.metrics)
+        return category_scores(self.metrics, prefix="category/")
 
     def runs(self, kind: str) -> list[SweepRun]:
         return [r for r in self.sweep_runs if r.kind == kind]
@@ -84,10 +85,6 @@ class RebalanceInputs:
             constraints=Constraints.from_dict(data["constraints"]),
             sweep_runs=[SweepRun.from_dict(r) for r in data.get("sweep_runs", [])],
         )
-
-
-def category_scores(metrics: Mapping[str, float]) -> dict[str, float]:
-    return {k.split("/", 1)[1]: v for k, v in sorted(metrics.items()) if k.startswith("category/")}
 
 
 def weighted_score(scores: Mapping[str, float], priorities: Mapping[str, float]) -> float:

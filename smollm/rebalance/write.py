@@ -28,6 +28,11 @@ def generated_mixture_name(cfg: RunConfig, stage_index: int, upstream_identity: 
     return f"{cfg.pipeline.name}-{next_stage}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
+def weights_digest(weights: Mapping[str, float]) -> str:
+    """A short name part that changes with the weights (edited and offline mixtures)."""
+    return hashlib.sha256(json.dumps(dict(weights), sort_keys=True).encode()).hexdigest()[:8]
+
+
 def write_mixture(
     proposal: Proposal,
     *,
