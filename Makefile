@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_TELEMETRY := false
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install demo test bench lint format clean serve stop browser
 
 install: $(VENV)/.installed
 
@@ -35,8 +35,19 @@ format: install
 	$(BIN)/ruff check --fix smollm tasks flows tests
 	$(BIN)/ruff format smollm tasks flows tests
 
-test: install lint
+# Debian's chromium for the browser test (tests/test_served_ui.py).
+browser:
+	scripts/install-browser.sh
+
+test: install lint browser
 	$(PY) -m pytest -m "not gpu" -q
+
+# Prefect server + MLflow server + the deployments' executor, on loopback, in the background.
+serve: install
+	$(PY) -m flows.services start
+
+stop:
+	$(PY) -m flows.services stop
 
 bench: install
 	$(PY) bench/sweep_concurrency.py

@@ -42,8 +42,7 @@ def report(result: dict[str, Any]) -> str:
         f"work dir:          {result['workdir']}",
         f"generated mixtures: {generated_dir(result['workdir']) / 'mixture'}",
         f"MLflow store:      {uri}  (pipeline run {result['pipeline_run_id']})",
-        f"open the MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000",
-        "open the Prefect UI: .venv/bin/prefect server start   (then http://127.0.0.1:4200)",
+        "open the MLflow and Prefect UIs: make serve   (then http://127.0.0.1:5000, http://127.0.0.1:4200)",
     ]
     return "\n".join(lines)
 

@@ -24,6 +24,10 @@ from smollm.schema import ConfigError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+ENV = ("SMOLLM_WORKDIR", "MLFLOW_TRACKING_URI")
+"""Environment variables the configs read (`oc.env`): part of the composition cache's key."""
+
+
 def generated_dir(workdir: str | Path) -> Path:
     return Path(workdir).resolve() / "generated_conf"
 
@@ -51,7 +55,8 @@ def compose_dict(overrides: Sequence[str] = (), config_name: str = "config") -> 
     """The composed config as a plain, resolved dict (a fresh copy on every call)."""
     search = generated_dir(_workdir_of(overrides))
     search.mkdir(parents=True, exist_ok=True)
-    key = (tuple(overrides), config_name, _files_fingerprint(CONF_DIR, search), os.environ.get("SMOLLM_WORKDIR"))
+    env = tuple(os.environ.get(name) for name in ENV)
+    key = (tuple(overrides), config_name, _files_fingerprint(CONF_DIR, search), env)
     return json.loads(_compose_json(*key, search=search))
 
 
@@ -80,7 +85,7 @@ def _initialise_hydra() -> None:
 
 @functools.lru_cache(maxsize=128)
 def _compose_json(
-    overrides: tuple[str, ...], config_name: str, fingerprint: str, env_workdir: str | None, *, search: Path
+    overrides: tuple[str, ...], config_name: str, fingerprint: str, env: tuple[str | None, ...], *, search: Path
 ) -> str:
     """Hydra composition, memoised on everything it depends on (~0.3 s per call otherwise)."""
     from hydra import compose as hydra_compose

@@ -26,13 +26,17 @@ from smollm.tracking import make_tracker, tracking_uri
 
 
 @flow(name="smollm-pipeline", log_prints=True)
-def pipeline_flow(overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage of the composed pipeline; returns each stage flow's result."""
+def pipeline_flow(overrides: list[str] | None = None, through: str | None = None) -> dict[str, Any]:
+    """Run every stage of the composed pipeline (or those up to and including the stage named
+    `through`); returns each stage flow's result."""
     overrides = list(overrides or [])
     plan = preflight(overrides)  # every stage's config valid, no source past its epoch cap
     for warning in plan.warnings:
         print(f"warning: {warning}")
     cfg = compose(overrides)
+    names = [stage.name for stage in cfg.pipeline.stages]
+    if through is not None and through not in names:
+        raise ValueError(f"through: {through!r} is not a stage of pipeline {cfg.pipeline.name!r} ({', '.join(names)})")
     tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
     run_id = start_config_run(
         tracker, cfg, f"pipeline/{cfg.pipeline.name}", "pipeline", parent_run_id=None, flow_run_id=flow_run.id
@@ -64,6 +68,8 @@ def pipeline_flow(overrides: list[str] | None = None) -> dict[str, Any]:
                 start=start,
             )
             stages.append(result)
+            if stage.name == through:
+                break
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise

@@ -115,11 +115,12 @@ def test_every_prefect_yaml_deployment_loads_its_flow(monkeypatch):
         assert deployment["work_pool"]["name"] == "smollm"
     entry = {d["entrypoint"] for d in spec["deployments"]}
     assert entry == {
-        "flows/pipeline.py:pipeline_flow",
-        "flows/stage.py:stage_flow",
-        "flows/sweep.py:sweep_flow",
+        "flows/served.py:run_pipeline",
+        "flows/served.py:run_stage",
+        "flows/served.py:run_sweep",
         "flows/sweep.py:member_flow",
     }
+    assert {"smollm-run-stage/stage", "smollm-run-pipeline/pipeline", "smollm-run-sweep/sweep"} <= names
     assert "smollm-sweep-member/default" in names  # what the README's sweep.deployment names
 
 
