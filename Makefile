@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_TELEMETRY := false
 
-.PHONY: install demo test bench lint format clean serve stop browser
+.PHONY: install demo test bench lint format clean serve stop test-deps
 
 install: $(VENV)/.installed
 
@@ -35,11 +35,11 @@ format: install
 	$(BIN)/ruff check --fix smollm tasks flows tests
 	$(BIN)/ruff format smollm tasks flows tests
 
-# Debian's chromium for the browser test (tests/test_served_ui.py).
-browser:
-	scripts/install-browser.sh
+# Debian's chromium and postgresql for the served setup's end-to-end tests.
+test-deps:
+	scripts/install-test-deps.sh
 
-test: install lint browser
+test: install lint test-deps
 	$(PY) -m pytest -m "not gpu" -q
 
 # Prefect server + MLflow server + the deployments' executor, on loopback, in the background.

@@ -153,7 +153,7 @@ def test_the_image_installs_the_pinned_mlflow_with_the_path_traversal_fix():
     pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
     major, minor, *_ = (int(x) for x in pins["mlflow"].split("."))
     assert (major, minor) >= (3, 8)
-    assert "psycopg2-binary" in pins and "asyncpg" in pins  # MLflow's and Prefect's PostgreSQL drivers
+    assert "psycopg" in pins and "asyncpg" in pins  # MLflow's and Prefect's PostgreSQL drivers
     import mlflow
 
     assert mlflow.__version__ == pins["mlflow"]

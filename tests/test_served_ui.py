@@ -1,7 +1,7 @@
 """The served setup as a person uses it: `make serve`, then a real Chromium clicks Quick run in the
 Prefect UI and finds the stage run's evaluations in the MLflow UI; `make stop` stops it all.
 
-Chromium is Debian's (`scripts/install-browser.sh`, run by `make test`), driven by Playwright.
+Chromium is Debian's (`scripts/install-test-deps.sh`, run by `make test`), driven by Playwright.
 Screenshots go to `test-outputs/served_ui/` (git-ignored). Also: overrides sent through the
 Prefect API are checked, and a rejected one fails the run before any compute.
 """
@@ -98,7 +98,7 @@ def test_a_forbidden_override_sent_through_the_api_fails_the_run_naming_it(serve
 
 
 def _browser(playwright, folder: Path):
-    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run scripts/install-browser.sh (make test does)"
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run scripts/install-test-deps.sh (make test does)"
     profile = folder / "chromium-profile"
     shutil.rmtree(profile, ignore_errors=True)
     return playwright.chromium.launch_persistent_context(
