@@ -65,6 +65,7 @@ def checked(pipeline: str, overrides: list[str], **values: Any) -> list[str]:
     typed = [f"{key}={value}" for key, value in values.items() if value is not None]
     result = [f"pipeline={pipeline}", *typed, *user]
     compose(result)
+    print(f"overrides: {' '.join(result)}")
     return result
 
 

@@ -18,6 +18,10 @@ from smollm.config import TrackingConfig
 MAX_BATCH = 1000
 
 
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+"""Marks an experiment as model training: the MLflow UI then opens it on its runs (not traces)."""
+
+
 class Tracker(Protocol):
     def start_run(
         self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
@@ -69,11 +73,14 @@ class MLflowTracker:
     def _experiment(self, name: str, workdir: Path) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
-            return experiment.experiment_id
+            experiment_id = experiment.experiment_id
+            if EXPERIMENT_KIND not in experiment.tags:
+                self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+            return experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
             location = (workdir / "mlartifacts").resolve().as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
 
     def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         all_tags = dict(tags or {})

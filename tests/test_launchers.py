@@ -229,7 +229,11 @@ def test_prefect_yaml_deploys_and_a_work_pool_runs_the_members(launched, tmp_pat
             print(f"work pool: {time.perf_counter() - started:.1f}s for {len(jobs)} cached members")
         finally:
             worker.terminate()
-            worker.wait(timeout=60)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # a loaded machine: its shutdown is not under test
+                worker.kill()
+                worker.wait()
     for member in remote["members"]:
         result = results[member["name"]]
         assert result["run_id"] == jobs[member["name"]]["run_id"] and result["trained"] is False
