@@ -53,8 +53,7 @@ def normalise_override(override: str) -> str:
 
 def compose_dict(overrides: Sequence[str] = (), config_name: str = "config") -> dict:
     """The composed config as a plain, resolved dict (a fresh copy on every call)."""
-    search = generated_dir(_workdir_of(overrides))
-    search.mkdir(parents=True, exist_ok=True)
+    search = generated_dir(_workdir_of(overrides))  # need not exist: nothing is written to compose
     env = tuple(os.environ.get(name) for name in ENV)
     key = (tuple(overrides), config_name, _files_fingerprint(CONF_DIR, search), env)
     return json.loads(_compose_json(*key, search=search))
@@ -68,6 +67,11 @@ def _files_fingerprint(*roots: Path) -> str:
             stat = path.stat()
             digest.update(f"{path}:{stat.st_mtime_ns}:{stat.st_size}".encode())
     return digest.hexdigest()
+
+
+def search_path(search: Path) -> list[str]:
+    """The generated-config folder on Hydra's search path, once rebalancing has created it."""
+    return [f"hydra.searchpath=[file://{search}]"] if search.is_dir() else []
 
 
 def _initialise_hydra() -> None:
@@ -92,11 +96,14 @@ def _compose_json(
     from omegaconf import OmegaConf
 
     _initialise_hydra()
-    cfg = hydra_compose(
-        config_name=config_name,
-        overrides=[*map(normalise_override, overrides), f"hydra.searchpath=[file://{search}]"],
-    )
-    data = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        cfg = hydra_compose(
+            config_name=config_name,
+            overrides=[*map(normalise_override, overrides), *search_path(search)],
+        )
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:
+        raise hydra_error(err, overrides) from None
     assert isinstance(data, dict)
     data.pop("hydra", None)
     data["workdir"] = str(Path(data["workdir"]).resolve())
@@ -105,11 +112,40 @@ def _compose_json(
     return json.dumps(data)
 
 
+def hydra_error(err: Exception, overrides: Sequence[str]) -> Exception:
+    """Hydra's multi-line errors as one `ConfigError` line naming the group or the override."""
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, name = err.missing_cfg_file.rsplit("/", 1)
+        return ConfigError(f"{group}: no config named {name!r} (choices: {', '.join(err.options or [])})")
+    if isinstance(err, OverrideParseException):
+        for override in overrides:
+            try:
+                OverridesParser.create().parse_override(normalise_override(override))
+            except HydraException as bad:
+                reason = str(bad).splitlines()[-1] if str(bad).strip() else "cannot be parsed"
+                return ConfigError(f"override {override!r}: {reason}")
+    if isinstance(err, yaml.YAMLError):
+        mark = getattr(err, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}" if mark else "a config file"
+        return ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})")
+    if type(err).__module__.startswith(("hydra", "omegaconf")):
+        key = getattr(err, "full_key", None)
+        return ConfigError(f"{key + ': ' if key else ''}{str(err).strip().splitlines()[0]}")
+    return err
+
+
 def flatten_mixture(mixture: dict, folders: Sequence[Path], seen: tuple[str, ...] = ()) -> dict:
     """`weights` plus every `include`d mixture's weights times its share, as one weights dict."""
     include = mixture.pop("include", None) or {}
-    weights = dict(mixture.get("weights") or {})
     name = mixture.get("name", "?")
+    given = mixture.get("weights") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"mixture.weights: must map each source to its weight (mixture {name}), got {given!r}")
+    weights = dict(given)
     for other, share in include.items():
         if other in (*seen, name):
             raise ConfigError(f"mixture.include.{other}: includes itself (via {' -> '.join((*seen, name))})")
@@ -141,7 +177,7 @@ def declared_sweep_params(overrides: Sequence[str] = (), config_name: str = "con
     search = generated_dir(_workdir_of(overrides))
     cfg = hydra_compose(
         config_name=config_name,
-        overrides=[*map(normalise_override, overrides), f"hydra.searchpath=[file://{search}]"],
+        overrides=[*map(normalise_override, overrides), *search_path(search)],
         return_hydra_config=True,
     )
     params = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False).get("params") or {}

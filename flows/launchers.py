@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from flows.compose import compose, generated_dir, normalise_override
+from flows.compose import compose, generated_dir, normalise_override, search_path
 from smollm.config import SweepConfig
 from smollm.schema import ConfigError
 
@@ -126,7 +126,7 @@ def launcher_config(overrides: list[str], sweep_dir: Path, job_name: str):
         overrides=[
             *map(normalise_override, overrides),
             *(f"{k}={v}" for k, v in defaults.items() if k not in given),
-            f"hydra.searchpath=[file://{search}]",
+            *search_path(search),
         ],
         return_hydra_config=True,
     )

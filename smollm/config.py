@@ -666,6 +666,14 @@ class RunConfig:
                 f"must be >= tokens per step {self.train.tokens_per_step}",
                 stage.train_tokens,
             )
+        first = self.pipeline.stages[0]  # the warmup runs from step 0, in the first stage
+        check(
+            self.train.schedule.warmup_steps < first.train_tokens // self.train.tokens_per_step,
+            "train.schedule.warmup_steps",
+            f"must be shorter than the first stage ({first.name}: "
+            f"{first.train_tokens // self.train.tokens_per_step} steps)",
+            self.train.schedule.warmup_steps,
+        )
         declared = sorted(self.data.sources)
         for source in self.anneal.candidates:
             check(source in self.data.sources, "anneal.candidate", f"is not a declared source {declared}", source)

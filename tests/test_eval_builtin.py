@@ -109,7 +109,7 @@ def test_adapter_table_matches_the_families_validation_accepts() -> None:
         ({"name": "a", "kind": "lighteval", "category": "knowledge"}, "tasks[0].task: is required"),
         (
             {"name": "a", "kind": "math_mcq", "category": "math", "num_fewshot": 3},
-            "tasks[0].num_fewshot: is only for kind 'lighteval', not 'math_mcq', got 3",
+            "tasks[0].num_fewshot: a 'math_mcq' task has no few-shot split (only kind 'lighteval' takes few-shot examples), got 3",
         ),
         ({"name": "a", "kind": "math_mcq", "category": "math", "formulation": "native"}, "tasks[0].formulation:"),
     ],

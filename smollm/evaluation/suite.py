@@ -137,7 +137,10 @@ class EvalTask:
                 getattr(self, name),
             )
         check(
-            self.num_fewshot == 0, "num_fewshot", f"is only for kind 'lighteval', not {self.kind!r}", self.num_fewshot
+            self.num_fewshot == 0,
+            "num_fewshot",
+            f"a {self.kind!r} task has no few-shot split (only kind 'lighteval' takes few-shot examples)",
+            self.num_fewshot,
         )
         check(self.formulation != "native", "formulation", f"must be 'cf' or 'mcf' for kind {self.kind!r}", "native")
         if self.kind == "math_mcq":
