@@ -253,6 +253,34 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SpikeConfig:
+    """The loss-spike guard (as in OLMo-core and levanter). A step whose loss or gradient norm is
+    non-finite, or whose z-score over the last `window` accepted steps exceeds `threshold`, is
+    skipped (its update never reaches the weights); `rewind_after` skips in a row rewind to the
+    last checkpoint and skip the data window that caused them (at most `max_rewinds` times)."""
+
+    enabled: bool = True
+    window: int = 128
+    threshold: float = 6.0
+    min_history: int = 16
+    """Accepted steps seen before z-scores are trusted."""
+    rewind_after: int = 3
+    max_rewinds: int = 3
+
+    def __post_init__(self) -> None:
+        check(self.window >= 2, "window", "must be >= 2", self.window)
+        check(self.threshold > 0, "threshold", "must be > 0", self.threshold)
+        check(
+            2 <= self.min_history <= self.window,
+            "min_history",
+            f"must be in [2, window={self.window}]",
+            self.min_history,
+        )
+        check(self.rewind_after >= 1, "rewind_after", "must be >= 1", self.rewind_after)
+        check(self.max_rewinds >= 0, "max_rewinds", "must be >= 0", self.max_rewinds)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Batch shape, optimisation and bookkeeping for every stage of a pipeline."""
 
@@ -270,6 +298,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     """Intermediate checkpoints for resume (0: only the final one)."""
     log_every_steps: int = 10
+    spikes: SpikeConfig = field(default_factory=SpikeConfig)
     num_threads: int = 0
     """torch intra-op threads (0: torch's default)."""
     progress: bool = True

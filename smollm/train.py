@@ -28,6 +28,7 @@ from smollm.data.sampler import MixtureSampler
 from smollm.data.shards import TokenizedSource
 from smollm.model import build_model, llama_config
 from smollm.schedule import stage_schedule
+from smollm.spikes import SpikeGuard
 from smollm.steps import atomic_dir_swap
 from smollm.tracking import NullTracker, Tracker
 
@@ -130,6 +131,9 @@ class Trainer:
         sources = {name: TokenizedSource.open(path) for name, path in run.sources.items()}
         self.sampler = MixtureSampler(sources, run.mixture.weights, seq_len=run.train.seq_len, seed=run.train.seed)
         self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
+        self.guard, self.rewinds = SpikeGuard(run.train.spikes), 0
+        self.events: list[dict[str, Any]] = []
+        """Skipped steps and rewinds, in order (summary.json; MLflow)."""
         self.model, state = self._initial_model()
         self.optimizer = make_optimizer(self.model, run.train)
         if state is not None:
@@ -169,15 +173,48 @@ class Trainer:
         point = latest_resume_point(self.run.resume_dir) or self.run.resume_from
         if point is None:
             return None
+        state = self._load_point(point)
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.sampler.load_state_dict(state["sampler"])
+        if "guard" in state:
+            self.guard.load_state_dict(state["guard"])
+            self.events, self.rewinds = state["events"], state["rewinds"]
+        return point
+
+    def _load_point(self, point: Path) -> dict[str, Any]:
+        """Weights, optimizer, counters, loss record and RNG from a checkpoint (not the sampler)."""
         model, state = load_checkpoint(point)
         self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.skipped_steps = state.get("skipped_steps", 0)
-        self.sampler.load_state_dict(state["sampler"])
         self.losses = state.get("losses", [])
         _set_rng_state(state["rng"])
-        return point
+        return state
+
+    def _rewind(self) -> None:
+        """Back to the last checkpoint, keeping the sampler where it is: the data window drawn
+        since then (which kept producing spikes) is skipped, as the SmolLM2 authors did by hand."""
+        point = latest_resume_point(self.run.resume_dir)
+        spikes = self.run.train.spikes
+        if point is None or self.rewinds >= spikes.max_rewinds:
+            why = "no checkpoint to rewind to" if point is None else f"max_rewinds={spikes.max_rewinds} reached"
+            self.events.append({"step": self.step, "tokens": self.tokens_seen, "rewind": None, "reason": why})
+            self.guard.in_a_row = 0
+            return
+        sampler, at_step, at_tokens = self.sampler.state_dict(), self.step, self.tokens_seen
+        drawn = self.sampler.tokens_per_source()
+        self._load_point(point)
+        self.sampler.load_state_dict(sampler)
+        self.rewinds += 1
+        self.guard.in_a_row = 0
+        self.events.append(
+            {
+                "step": at_step,
+                "tokens": at_tokens,
+                "rewind": {"to_step": self.step, "to_tokens": self.tokens_seen, "checkpoint": str(point)},
+                "skipped_window": {"steps": [self.step + 1, at_step], "drawn_tokens_per_source_at_end": drawn},
+            }
+        )
 
     def state(self) -> dict[str, Any]:
         return {
@@ -187,6 +224,9 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "rng": _rng_state(),
             "skipped_steps": self.skipped_steps,
+            "guard": self.guard.state_dict(),
+            "events": self.events,
+            "rewinds": self.rewinds,
             "stage": self.run.stage.name,
             "mixture": dict(self.run.mixture.weights),
             "losses": self.losses,
@@ -209,19 +249,23 @@ class Trainer:
             (loss / micro_batches).backward()
             total += loss.item() / micro_batches
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.optimizer.grad_clip))
-        if np.isfinite(total) and np.isfinite(grad_norm):
+        skip = self.guard.verdict(total, grad_norm)
+        if skip is None:
             self.optimizer.step()
-        else:  # a non-finite loss or gradient never reaches the weights
+        else:  # a non-finite or spiking loss or gradient never reaches the weights
             self.skipped_steps += 1
+            self.events.append({"step": self.step + 1, "tokens": self.tokens_seen, "skipped": skip})
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += train.tokens_per_step
-        return {"loss": total, "lr": lr, "grad_norm": grad_norm}
+        return {"loss": total, "lr": lr, "grad_norm": grad_norm, "skipped": float(skip is not None)}
 
     def _log(self, record: dict[str, float]) -> None:
         metrics = {f"train/{k}": v for k, v in record.items()}
         metrics.update({f"tokens/{k}": v for k, v in self.sampler.tokens_per_source().items()})
         metrics["train/step"] = self.step
+        metrics["train/skipped_steps"] = self.skipped_steps
+        metrics["train/rewinds"] = self.rewinds
         if self.run_id:
             self.tracker.log_metrics(self.run_id, metrics, step=self.tokens_seen)
 
@@ -260,6 +304,9 @@ class Trainer:
             self._log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+            if self.guard.should_rewind:
+                self._rewind()
+                continue
             every = train.checkpoint_every_steps
             if every and self.run.resume_dir and (self.step - self.start_step) % every == 0 and self.step < end:
                 self._save_resume_point(self.run.resume_dir)
@@ -290,6 +337,10 @@ class Trainer:
             "last_loss": float(np.mean(stage_losses[-10:])) if stage_losses else None,
             "final_lr": self.losses[-1]["lr"] if self.losses else None,
             "skipped_steps": self.skipped_steps,
+            "spike_skips": sum(1 for e in self.events if "spike" in e.get("skipped", "")),
+            "nonfinite_skips": sum(1 for e in self.events if "non-finite" in e.get("skipped", "")),
+            "rewinds": self.rewinds,
+            "events": self.events,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "mlflow_run_id": self.run_id,
             "optimizer_state_loaded": self.run.init_checkpoint is not None,
