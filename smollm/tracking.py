@@ -2,18 +2,22 @@
 
 Runs are addressed by id and nested through `parent_run_id` (MLflow's active-run stack is
 thread-local, and Prefect tasks run in threads), so nothing here relies on `mlflow.start_run`.
-Metrics are buffered and sent with `log_batch`, a thousand at a time.
+Metrics are buffered and sent with `log_batch`, a thousand at a time. While a tracking server
+is unreachable they go to an on-disk journal and are delivered when it is back; RUNNING runs
+whose process was killed are marked KILLED when a tracker next starts (`tracking_faults.py`).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from smollm.config import TrackingConfig
+from smollm.tracking_faults import OfflineBuffer, owner_tags, stale_runs
 
 MAX_BATCH = 1000
 
@@ -69,6 +73,12 @@ class MLflowTracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = self._experiment(config.experiment, Path(workdir))
         self._pending: dict[str, list] = {}
+        self.buffer = OfflineBuffer(Path(workdir) / "mlflow-buffer")
+        self._down = False
+        self._deliver()
+        for run_id in stale_runs(self.client, self.experiment_id):
+            self.client.set_tag(run_id, "smollm.reconciled", "its process was gone at the next start")
+            self.client.set_terminated(run_id, status="KILLED")
 
     def _experiment(self, name: str, workdir: Path) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -83,7 +93,7 @@ class MLflowTracker:
         return self.client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
 
     def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
-        all_tags = dict(tags or {})
+        all_tags = {**owner_tags(), **dict(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
@@ -105,10 +115,48 @@ class MLflowTracker:
         if len(batch) >= MAX_BATCH:
             self._flush_run(run_id)
 
+    def _reachable(self) -> bool:
+        """A tracking server answers its health check (a local store always does)."""
+        if not self.uri.startswith(("http://", "https://")):
+            return True
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def _deliver(self) -> bool:
+        """Send what the journal holds; False (and a warning, once) while the server is away."""
+        if not self._reachable():
+            if not self._down:
+                print(
+                    f"warning: MLflow at {self.uri} is unreachable; training goes on, metrics are kept "
+                    f"in {self.buffer.folder} and sent when it is back",
+                    file=sys.stderr,
+                )
+            self._down = True
+            return False
+        if self.buffer:
+            sent = self.buffer.deliver(self.client, MAX_BATCH)
+            print(f"MLflow at {self.uri} is back: delivered {sent} buffered metric points", file=sys.stderr)
+        self._down = False
+        return True
+
     def _flush_run(self, run_id: str) -> None:
         batch = self._pending.pop(run_id, [])
-        for start in range(0, len(batch), MAX_BATCH):
-            self.client.log_batch(run_id, metrics=batch[start : start + MAX_BATCH])
+        if not batch:
+            return
+        if self._deliver():
+            try:
+                for start in range(0, len(batch), MAX_BATCH):
+                    self.client.log_batch(run_id, metrics=batch[start : start + MAX_BATCH])
+                return
+            except Exception:  # went away mid-send: journal the batch (MLflow deduplicates none; resending
+                if self._reachable():  # a partly sent batch only repeats identical points)
+                    raise
+        self.buffer.add_metrics(run_id, batch)
 
     def flush(self) -> None:
         for run_id in list(self._pending):
@@ -130,7 +178,10 @@ class MLflowTracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._flush_run(run_id)
-        self.client.set_terminated(run_id, status=status)
+        if self._deliver():
+            self.client.set_terminated(run_id, status=status)
+        else:
+            self.buffer.add_end(run_id, status)
 
     def latest_metrics(self, run_id: str) -> dict[str, float]:
         self._flush_run(run_id)
