@@ -111,6 +111,19 @@ def load_checkpoint(folder: Path, shape: ModelConfig | None = None) -> tuple[Any
     return model, state
 
 
+def save_resume_point(resume_dir: Path, step: int, model, tokenizer_dir: Path, state: dict[str, Any]) -> Path:
+    """`<resume_dir>/step-<step>`, built aside, fsynced and renamed into place; then the older
+    points go. A kill at any moment leaves the previous point or this one, complete."""
+    for leftover in resume_dir.glob(".tmp-step-*"):  # a save killed half-way: never loaded
+        shutil.rmtree(leftover, ignore_errors=True)
+    folder = resume_dir / f"step-{step}"
+    atomic_dir_swap(folder, lambda tmp: save_checkpoint(tmp, model, tokenizer_dir, state))
+    for old in resume_dir.glob("step-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def latest_resume_point(resume_dir: Path | None) -> Path | None:
     if resume_dir is None or not resume_dir.is_dir():
         return None
@@ -270,11 +283,7 @@ class Trainer:
             self.tracker.log_metrics(self.run_id, metrics, step=self.tokens_seen)
 
     def _save_resume_point(self, resume_dir: Path) -> None:
-        folder = resume_dir / f"step-{self.step}"
-        atomic_dir_swap(folder, lambda tmp: save_checkpoint(tmp, self.model, self.run.tokenizer_dir, self.state()))
-        for old in resume_dir.glob("step-*"):
-            if old != folder:
-                shutil.rmtree(old, ignore_errors=True)
+        save_resume_point(resume_dir, self.step, self.model, self.run.tokenizer_dir, self.state())
 
     def run_to_end(self, output: Path) -> dict[str, Any]:
         import torch
