@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,6 +204,18 @@ def test_a_member_killed_mid_run_is_the_only_one_rerun(sweeps, workdir, tmp_path
     rerun = next(m for m in again["members"] if m["trained"])
     assert rerun["summary"]["resumed_from"] is not None  # continued from its last resume point
     assert rerun["summary"]["end_step"] - rerun["summary"]["start_step"] == 200
+
+    # exact resume of an annealing branch: the same member trained again without a kill
+    resumed = (Path(rerun["checkpoint"]) / "losses.jsonl").read_text()
+    shutil.rmtree(rerun["checkpoint"])
+    with prefect_test_harness(server_startup_timeout=120), embedded_settings():
+        fresh = sweep_flow(
+            kind="anneal", candidates=CANDIDATES, base="stage1", train_tokens=102400, overrides=overrides
+        )
+    assert fresh["trained"] == [f"anneal-{CANDIDATES[-1]}-0.6-seed0"]
+    uninterrupted = next(m for m in fresh["members"] if m["trained"])
+    assert uninterrupted["summary"]["resumed_from"] is None
+    assert (Path(uninterrupted["checkpoint"]) / "losses.jsonl").read_text() == resumed  # bit for bit
 
 
 def test_a_stage_flow_runs_its_declared_annealing_candidates_before_rebalancing(sweeps, workdir):
