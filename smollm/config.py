@@ -199,6 +199,9 @@ class DataConfig:
     sources: dict[str, SourceConfig]
     shard_tokens: int = 1 << 24
     """Tokens per shard file."""
+    verify: Literal["checksum", "size"] = "checksum"
+    """How a built source is checked before it is reused: every shard's sha256 against the
+    manifest (reads all the data), or only its size; a shard that fails is rebuilt."""
 
     def __post_init__(self) -> None:
         check(len(self.sources) > 0, "sources", "must declare at least one source", self.sources)

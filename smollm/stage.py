@@ -89,13 +89,14 @@ def source_step(cfg: RunConfig, name: str, tokenizer: StepResult) -> Step:
 
 
 def build_source(cfg: RunConfig, name: str, tokenizer: StepResult) -> StepResult:
-    from smollm.data.shards import tokenize_source
+    from smollm.data.shards import TokenizedSource, tokenize_source
 
     source = cfg.data.sources[name]
     return run_step(
         source_step(cfg, name, tokenizer),
         workdir(cfg),
         lambda out: tokenize_source(source, tokenizer.output, out, cfg.data.shard_tokens),
+        check=lambda out: TokenizedSource.problem(out, checksum=cfg.data.verify == "checksum"),
     )
 
 

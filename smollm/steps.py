@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,17 +181,29 @@ def provenance(step: Step) -> dict[str, Any]:
     }
 
 
-def run_step(step: Step, workdir: Path, build: Callable[[Path], Any]) -> StepResult:
+def run_step(
+    step: Step, workdir: Path, build: Callable[[Path], Any], check: Callable[[Path], str | None] | None = None
+) -> StepResult:
     """Return the step's complete output, calling `build(tmp_dir)` only if it does not exist yet.
 
     The completion marker (with the step's provenance) is the last file written before the
-    atomic rename, so a folder without it is an interrupted build and is redone.
+    atomic rename, so a folder without it is an interrupted build and is redone. `check` says
+    what is wrong with a complete output (e.g. a corrupted shard); such an output is rebuilt.
     """
     output = step.output_dir(workdir)
-    if is_complete(output):
+
+    def reusable() -> bool:
+        if not is_complete(output):
+            return False
+        problem = check(output) if check else None
+        if problem:
+            print(f"warning: {output.name}: {problem}; rebuilding it", file=sys.stderr)
+        return problem is None
+
+    if reusable():
         return StepResult(output, step.identity, computed=False)
     with step_lock(output):
-        if is_complete(output):  # another process finished it while we waited
+        if reusable():  # another process finished it while we waited
             return StepResult(output, step.identity, computed=False)
 
         def build_and_mark(tmp: Path) -> None:

@@ -118,6 +118,24 @@ class TokenizedSource:
     manifest: dict
     shards: tuple[np.ndarray, ...]
 
+    @staticmethod
+    def problem(path: Path, *, checksum: bool = True) -> str | None:
+        """What is wrong with a built source folder (a missing, truncated or corrupted shard), or None."""
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except (OSError, ValueError) as err:
+            return f"unreadable manifest ({err})"
+        itemsize = np.dtype(manifest["dtype"]).itemsize
+        for shard in manifest["shards"]:
+            file = path / shard["file"]
+            if not file.is_file():
+                return f"shard {shard['file']} is missing"
+            if file.stat().st_size != shard["num_tokens"] * itemsize:
+                return f"shard {shard['file']} has {file.stat().st_size} bytes, the manifest says {shard['num_tokens'] * itemsize}"
+            if checksum and sha256_file(file) != shard["sha256"]:
+                return f"shard {shard['file']} fails its sha256 checksum (corrupted)"
+        return None
+
     @classmethod
     def open(cls, path: Path, *, verify: bool = False) -> TokenizedSource:
         path = Path(path)
