@@ -163,3 +163,55 @@ def test_after_a_sigkill_of_a_flow_the_next_start_leaves_no_run_running(tmp_path
     assert all(runs[name].info.status == "KILLED" for name in ("pipeline/demo", "stage/stage1", "train/stage1"))
     assert runs["train/stage1"].data.tags["smollm.reconciled"].startswith("its process was gone")
     assert client.get_run(kept).info.status == "RUNNING"
+
+
+def test_a_server_down_at_start_gets_every_run_metric_and_artifact_when_it_comes_up(built, tmp_path, capsys):
+    from smollm.train import StageRun, Trainer
+
+    server = MlflowServer(tmp_path)  # not started yet
+    tracker = MLflowTracker(TrackingConfig(uri=server.uri, experiment="offline"), tmp_path / "work")
+    parent = tracker.start_run("stage/stage1", tags={"smollm.kind": "stage"})
+    child = tracker.start_run("train/stage1", parent_run_id=parent)
+    assert parent.startswith("offline-") and child.startswith("offline-")
+    tracker.log_params(parent, {"train": {"seed": 3}})
+    note = tmp_path / "note.md"
+    note.write_text("# results")
+    tracker.log_artifact(parent, note, "eval")
+    note.unlink()  # the journal kept its own copy
+    cfg, tokenizer, sources = built
+    steps = 30
+    run = StageRun(
+        model=cfg.model,
+        train=cfg.train,
+        stage=dataclasses.replace(cfg.pipeline.stages[0], train_tokens=steps * cfg.train.tokens_per_step),
+        mixture=cfg.mixture,
+        sources={n: r.output for n, r in sources.items()},
+        tokenizer_dir=tokenizer.output,
+    )
+    Trainer(run, tracker, child).run_to_end(tmp_path / "out")  # training goes on
+    tracker.end_run(child)
+    tracker.log_metrics(parent, {"eval/category/math": 0.25}, step=7)
+    tracker.log_dict(parent, {"weights": {"synthetic_math": 0.4}}, "rebalance/proposal.json")
+    # what the rebalance reads is answered from the journal meanwhile
+    assert tracker.latest_metrics(parent) == {"eval/category/math": 0.25}
+    assert tracker.load_dict(parent, "rebalance/proposal.json") == {"weights": {"synthetic_math": 0.4}}
+    assert [run_id for run_id, _ in tracker.child_runs(parent)] == [child]
+
+    server.start()
+    try:
+        tracker.end_run(parent)  # the server is back: the journal is replayed first
+        client = tracker.client
+        (stage,) = client.search_runs([tracker.experiment_id], filter_string="attributes.run_name = 'stage/stage1'")
+        (train,) = client.search_runs([tracker.experiment_id], filter_string="attributes.run_name = 'train/stage1'")
+        assert train.data.tags["mlflow.parentRunId"] == stage.info.run_id
+        assert stage.data.params["train.seed"] == "3" and stage.data.metrics["eval/category/math"] == 0.25
+        assert stage.info.status == train.info.status == "FINISHED"
+        history = client.get_metric_history(train.info.run_id, "train/loss")
+        assert len(history) == steps
+        assert tracker.load_dict(parent, "rebalance/proposal.json") == {"weights": {"synthetic_math": 0.4}}
+        assert {f.path for f in client.list_artifacts(stage.info.run_id, "eval")} == {"eval/note.md"}
+        assert not tracker.buffer
+        err = capsys.readouterr().err
+        assert "is unreachable" in err and "is back: delivered" in err
+    finally:
+        server.stop()
