@@ -34,6 +34,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from smollm.tracking_faults import process_start_time
+
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 DEPLOYMENTS = ("smollm-run-stage/stage", "smollm-run-pipeline/pipeline", "smollm-run-sweep/sweep")
@@ -116,19 +118,9 @@ def _executable(command: list[str]) -> list[str]:
     return [sys.executable if command[0] == "python" else str(binary), *command[1:]]
 
 
-def _start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot): with the pid, names one process for good."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else int(fields[19])
-
-
 def _alive(process: dict) -> bool:
     """Whether the recorded process still runs (and its pid was not reused by another one)."""
-    return _start_time(process["pid"]) == process["started"]
+    return process_start_time(process["pid"]) == process["started"]
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -207,7 +199,7 @@ def _launch(services: Services, name: str, command: list[str]) -> dict:
         process = subprocess.Popen(
             argv, cwd=REPO, env=services.env(), stdout=out, stderr=out, stdin=None, start_new_session=True
         )
-    started = _start_time(process.pid)
+    started = process_start_time(process.pid)
     return {"name": name, "pid": process.pid, "started": started, "command": argv, "log": str(log)}
 
 

@@ -83,7 +83,7 @@ class Journal:
         applied = 0
         for journal in self.journals():
             pid = int(journal.stem.split("-")[1])
-            if journal != self.path and pid != os.getpid() and _start_time(pid) is not None:
+            if journal != self.path and pid != os.getpid() and process_start_time(pid) is not None:
                 continue  # another live process's: it replays it itself
             progress = journal.with_suffix(".done")
             done = int(progress.read_text()) if progress.is_file() else 0
@@ -121,25 +121,32 @@ class Journal:
         ]
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot; None if it is gone or a zombie): with
+    the pid, this names one process for good, whatever later reuses the pid."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 def owner_tags() -> dict[str, str]:
     """The tags naming this process as a run's owner."""
     pid = os.getpid()
-    return {"smollm.host": socket.gethostname(), "smollm.pid": str(pid), "smollm.pid_start": str(_start_time(pid))}
+    return {
+        "smollm.host": socket.gethostname(),
+        "smollm.pid": str(pid),
+        "smollm.pid_start": str(process_start_time(pid)),
+    }
 
 
 def owner_alive(tags: dict[str, str]) -> bool:
     """Whether the process that started a run (on this host) still runs; True for another host."""
     if tags.get("smollm.host") != socket.gethostname() or "smollm.pid" not in tags:
         return True
-    return _start_time(int(tags["smollm.pid"])) == tags.get("smollm.pid_start")
+    return str(process_start_time(int(tags["smollm.pid"]))) == tags.get("smollm.pid_start")
 
 
 def stale_runs(client, experiment_id: str) -> list[str]:

@@ -59,3 +59,22 @@ def built(tmp_path_factory):
     tokenizer = stage.build_tokenizer(cfg)
     sources = {name: stage.build_source(cfg, name, tokenizer) for name in sorted(cfg.data.sources)}
     return cfg, tokenizer, sources
+
+
+def stage_run(built, steps: int, *, train=None, **changes):
+    """A `StageRun` of the tiny config's first stage, `steps` optimizer steps long, on `built` data."""
+    import dataclasses
+
+    from smollm.train import StageRun
+
+    cfg, tokenizer, sources = built
+    train = train or cfg.train
+    fields = {
+        "model": cfg.model,
+        "train": train,
+        "stage": dataclasses.replace(cfg.pipeline.stages[0], train_tokens=steps * train.tokens_per_step),
+        "mixture": cfg.mixture,
+        "sources": {n: r.output for n, r in sources.items()},
+        "tokenizer_dir": tokenizer.output,
+    }
+    return StageRun(**{**fields, **changes})

@@ -16,6 +16,7 @@ import pytest
 from smollm.config import SpikeConfig
 from smollm.schema import ConfigError, from_dict
 from smollm.spikes import SpikeGuard
+from tests.conftest import stage_run
 
 
 def test_the_guard_skips_non_finite_and_spiking_steps_and_keeps_them_out_of_its_window():
@@ -57,21 +58,12 @@ def test_injected_nan_batches_and_spikes_never_reach_the_weights_and_a_persisten
     import torch
 
     from smollm.tracking import make_tracker
-    from smollm.train import StageRun, Trainer
+    from smollm.train import Trainer
 
-    cfg, tokenizer, sources = built
-    train = dataclasses.replace(cfg.train, checkpoint_every_steps=10)
+    cfg = built[0]
     steps = 80
-    stage = dataclasses.replace(cfg.pipeline.stages[0], train_tokens=steps * train.tokens_per_step)
-    run = StageRun(
-        model=cfg.model,
-        train=train,
-        stage=stage,
-        mixture=cfg.mixture,
-        sources={n: r.output for n, r in sources.items()},
-        tokenizer_dir=tokenizer.output,
-        resume_dir=tmp_path / "resume",
-    )
+    train = dataclasses.replace(cfg.train, checkpoint_every_steps=10)
+    run = stage_run(built, steps, train=train, resume_dir=tmp_path / "resume")
     tracker = make_tracker(cfg.tracking, tmp_path / "work")
     run_id = tracker.start_run("train/spikes")
     trainer = Trainer(run, tracker, run_id)

@@ -4,7 +4,6 @@ the next start marks them KILLED, and leaves alone the runs of processes still a
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import socket
@@ -18,7 +17,7 @@ import pytest
 from flows.services import _executable, mlflow_server_command
 from smollm.config import TrackingConfig
 from smollm.tracking import MLflowTracker
-from tests.conftest import tiny_overrides
+from tests.conftest import stage_run, tiny_overrides
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -67,20 +66,11 @@ def server(tmp_path):
 
 def test_metrics_logged_while_the_server_is_away_arrive_when_it_is_back(built, server, tmp_path, monkeypatch, capsys):
     import smollm.tracking
-    from smollm.train import StageRun, Trainer
+    from smollm.train import Trainer
 
     monkeypatch.setattr(smollm.tracking, "MAX_BATCH", 20)  # flush every few steps, outage included
-    cfg, tokenizer, sources = built
-    steps = 60
-    stage = dataclasses.replace(cfg.pipeline.stages[0], train_tokens=steps * cfg.train.tokens_per_step)
-    run = StageRun(
-        model=cfg.model,
-        train=cfg.train,
-        stage=stage,
-        mixture=cfg.mixture,
-        sources={n: r.output for n, r in sources.items()},
-        tokenizer_dir=tokenizer.output,
-    )
+    cfg, steps = built[0], 60
+    run = stage_run(built, steps)
     tracker = MLflowTracker(TrackingConfig(uri=server.uri, experiment="faults"), tmp_path / "work")
     run_id = tracker.start_run("train/outage")
     trainer = Trainer(run, tracker, run_id)
@@ -166,7 +156,7 @@ def test_after_a_sigkill_of_a_flow_the_next_start_leaves_no_run_running(tmp_path
 
 
 def test_a_server_down_at_start_gets_every_run_metric_and_artifact_when_it_comes_up(built, tmp_path, capsys):
-    from smollm.train import StageRun, Trainer
+    from smollm.train import Trainer
 
     server = MlflowServer(tmp_path)  # not started yet
     tracker = MLflowTracker(TrackingConfig(uri=server.uri, experiment="offline"), tmp_path / "work")
@@ -178,16 +168,8 @@ def test_a_server_down_at_start_gets_every_run_metric_and_artifact_when_it_comes
     note.write_text("# results")
     tracker.log_artifact(parent, note, "eval")
     note.unlink()  # the journal kept its own copy
-    cfg, tokenizer, sources = built
     steps = 30
-    run = StageRun(
-        model=cfg.model,
-        train=cfg.train,
-        stage=dataclasses.replace(cfg.pipeline.stages[0], train_tokens=steps * cfg.train.tokens_per_step),
-        mixture=cfg.mixture,
-        sources={n: r.output for n, r in sources.items()},
-        tokenizer_dir=tokenizer.output,
-    )
+    run = stage_run(built, steps)
     Trainer(run, tracker, child).run_to_end(tmp_path / "out")  # training goes on
     tracker.end_run(child)
     tracker.log_metrics(parent, {"eval/category/math": 0.25}, step=7)
