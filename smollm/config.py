@@ -706,17 +706,6 @@ class RunConfig:
             f"{first.train_tokens // self.train.tokens_per_step} steps)",
             self.train.schedule.warmup_steps,
         )
-        stages = {stage.name: stage for stage in self.pipeline.stages}
-        base = self.anneal.base
-        if base is not None:  # None: no annealing base (a sweep names one)
-            check(
-                base in stages,
-                "anneal.base",
-                f"must name a stage whose checkpoint annealing runs start from {sorted(stages)}",
-                base,
-            )
-            at, budget = self.anneal.base_at_tokens, stages[base].train_tokens
-            check(at is None or at <= budget, "anneal.base_at_tokens", f"must be <= {budget} ({base}'s budget)", at)
         declared = sorted(self.data.sources)
         for source in self.anneal.candidates:
             check(source in self.data.sources, "anneal.candidate", f"is not a declared source {declared}", source)

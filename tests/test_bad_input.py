@@ -69,9 +69,7 @@ CASES = [
     (["sweep.max_concurrency=0"], ["sweep.max_concurrency", "0"]),
     (["anneal.share=1.5"], ["anneal.share", "1.5"]),
     (["anneal.candidate=nope"], ["anneal.candidate", "'nope'"]),
-    # a base checkpoint that cannot exist: no such stage, or a point past the stage's end
-    (["anneal.base=stage9"], ["anneal.base", "'stage9'"]),
-    (["anneal.base_at_tokens=999999999"], ["anneal.base_at_tokens", "999999999"]),
+    # a base checkpoint that cannot exist: a point past the end of the stage it branches from
     (["pipeline.stages.1.init_at_tokens=999999999"], ["pipeline.stages[1].init_at_tokens", "999999999"]),
 ]
 
