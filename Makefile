@@ -32,8 +32,8 @@ lint: install
 	$(BIN)/mypy smollm
 
 format: install
-	$(BIN)/ruff check --fix smollm tasks flows tests
-	$(BIN)/ruff format smollm tasks flows tests
+	$(BIN)/ruff check --fix smollm tasks flows tests bench
+	$(BIN)/ruff format smollm tasks flows tests bench
 
 # Debian's chromium and postgresql for the served setup's end-to-end tests.
 test-deps:
@@ -49,8 +49,9 @@ serve: install
 stop:
 	$(PY) -m flows.services stop
 
+# Every benchmark as a ratio against its baseline, measured in the same run -> bench/results.md.
 bench: install
-	$(PY) bench/sweep_concurrency.py
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf work .pytest_cache .ruff_cache .mypy_cache

@@ -8,6 +8,7 @@ line such as `train.optimizer.lr: must be > 0, got -1.0`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -193,6 +194,45 @@ class SourceConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TokenizeExecutorConfig:
+    """Where a source's tokenize step runs. Every kind writes the same bytes, so the executor is
+    not part of a built source's identity: switching it reuses what is already built."""
+
+    kind: Literal["inline", "datatrove_local", "datatrove_slurm"] = "inline"
+    """`inline`: one process, in the step; `datatrove_local`: datatrove's LocalPipelineExecutor
+    (processes on this machine); `datatrove_slurm`: its SlurmPipelineExecutor (a job array; the
+    workdir must be on a filesystem the nodes share)."""
+    tasks: int = 2
+    """datatrove tasks a source is split into (batches of documents dealt round-robin)."""
+    workers: int = 2
+    """Tasks running at once (local processes, or the Slurm array's concurrency limit)."""
+    logging_dir: str | None = None
+    """Where datatrove writes logs, stats and completion markers (a fresh subfolder per build);
+    None: inside the build's scratch folder, removed with it."""
+    partition: str | None = None
+    """Slurm partition (required for `datatrove_slurm`)."""
+    time: str = "04:00:00"
+    """Slurm time limit per task (`[D-]HH:MM:SS`)."""
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    env_command: str | None = None
+    """Shell command that activates the environment in each Slurm job; None: this interpreter's
+    virtual environment (`<sys.prefix>/bin/activate`)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tasks", "workers", "cpus_per_task", "mem_per_cpu_gb"):
+            check(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
+        check(
+            bool(re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", self.time)),
+            "time",
+            "must look like [D-]HH:MM:SS",
+            self.time,
+        )
+        if self.kind == "datatrove_slurm":
+            check(bool(self.partition), "partition", "is required for kind 'datatrove_slurm'", self.partition)
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Every source a pipeline may draw from; each is tokenized once per tokenizer."""
 
@@ -202,6 +242,8 @@ class DataConfig:
     verify: Literal["checksum", "size"] = "checksum"
     """How a built source is checked before it is reused: every shard's sha256 against the
     manifest (reads all the data), or only its size; a shard that fails is rebuilt."""
+    executor: TokenizeExecutorConfig = field(default_factory=TokenizeExecutorConfig)
+    """How the tokenize step runs (not part of a built source's identity)."""
 
     def __post_init__(self) -> None:
         check(len(self.sources) > 0, "sources", "must declare at least one source", self.sources)
@@ -305,9 +347,25 @@ class TrainConfig:
     num_threads: int = 0
     """torch intra-op threads (0: torch's default)."""
     progress: bool = True
+    processes: int = 1
+    """Training processes on this node: > 1 launches the stage's training under `torchrun`
+    (torch.distributed; gloo on CPU, NCCL on GPUs). They share the step's micro-batches, so the
+    result is the same training (up to float reduction order) and the same cached step."""
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    """How processes share the model: `ddp` replicates it; `fsdp` shards parameters, gradients
+    and optimizer state (FSDP2 `fully_shard`, per decoder layer) for the shapes that need it."""
+    compile: bool = False
+    """`torch.compile` the model (GPU throughput; same result up to kernel rounding)."""
 
     def __post_init__(self) -> None:
         check(self.seq_len > 0, "seq_len", "must be > 0", self.seq_len)
+        check(self.processes > 0, "processes", "must be > 0", self.processes)
+        check(
+            self.micro_batches_per_step % self.processes == 0,
+            "processes",
+            f"must divide the micro-batches per step (grad_accum_steps x data_parallel = {self.micro_batches_per_step})",
+            self.processes,
+        )
         check(self.micro_batch_size > 0, "micro_batch_size", "must be > 0", self.micro_batch_size)
         check(self.grad_accum_steps > 0, "grad_accum_steps", "must be > 0", self.grad_accum_steps)
         check(self.data_parallel > 0, "data_parallel", "must be > 0", self.data_parallel)
@@ -325,7 +383,7 @@ class TrainConfig:
 
     @property
     def micro_batches_per_step(self) -> int:
-        """Micro-batches one process runs per optimizer step (a single process here)."""
+        """Micro-batches per optimizer step, over all processes (each runs `1 / processes` of them)."""
         return self.grad_accum_steps * self.data_parallel
 
 

@@ -17,7 +17,7 @@ from smollm.config import RunConfig, SourceConfig, StageConfig
 from smollm.data.sources import environment_fingerprint
 from smollm.schema import to_dict
 from smollm.steps import Step, StepResult, run_step
-from smollm.tracking import Tracker
+from smollm.tracking import NullTracker, Tracker
 
 # Source fields that change the tokens; constraints (epochs, weights) are applied later.
 SOURCE_CONTENT_FIELDS = (
@@ -42,7 +42,15 @@ EVAL_CODE = tuple(
     for m in ("suite", "items", "result", "lighteval_tasks", "lighteval_builtin", "lighteval_backend")
 )
 # Train fields that do not change the result.
-TRAIN_BOOKKEEPING_FIELDS = ("progress", "log_every_steps", "num_threads", "checkpoint_every_steps")
+TRAIN_BOOKKEEPING_FIELDS = (
+    "progress",
+    "log_every_steps",
+    "num_threads",
+    "checkpoint_every_steps",
+    "processes",
+    "parallelism",
+    "compile",
+)
 
 
 def workdir(cfg: RunConfig) -> Path:
@@ -78,6 +86,7 @@ def build_tokenizer(cfg: RunConfig) -> StepResult:
 
 
 def source_step(cfg: RunConfig, name: str, tokenizer: StepResult) -> Step:
+    # data.executor (and its module) is left out: every executor writes the same bytes.
     config = {"source": source_slice(cfg.data.sources[name]), "shard_tokens": cfg.data.shard_tokens}
     return Step(
         "tokens",
@@ -89,13 +98,23 @@ def source_step(cfg: RunConfig, name: str, tokenizer: StepResult) -> Step:
 
 
 def build_source(cfg: RunConfig, name: str, tokenizer: StepResult) -> StepResult:
+    """Tokenize a source inline or on datatrove's executors (`data.executor`): the same bytes either
+    way, so the executor is not part of the step (tests/test_datatrove_tokenize.py checks both)."""
     from smollm.data.shards import TokenizedSource, tokenize_source
 
-    source = cfg.data.sources[name]
+    source, executor = cfg.data.sources[name], cfg.data.executor
+
+    def build(out: Path) -> dict:
+        if executor.kind == "inline":
+            return tokenize_source(source, tokenizer.output, out, cfg.data.shard_tokens)
+        from smollm.data.datatrove_tokenize import tokenize_source_datatrove
+
+        return tokenize_source_datatrove(source, tokenizer.output, out, cfg.data.shard_tokens, executor)
+
     return run_step(
         source_step(cfg, name, tokenizer),
         workdir(cfg),
-        lambda out: tokenize_source(source, tokenizer.output, out, cfg.data.shard_tokens),
+        build,
         check=lambda out: TokenizedSource.problem(out, checksum=cfg.data.verify == "checksum"),
     )
 
@@ -204,7 +223,12 @@ def train(
         stop_at_tokens=stop_at_tokens,
         resume_from=resume_from.output if resume_from else None,
     )
-    result = run_step(step, workdir(cfg), lambda out: train_stage(run, out, tracker, run_id))
+    tracking = cfg.tracking if tracker is not None and not isinstance(tracker, NullTracker) else None
+
+    def trained(out: Path) -> dict:
+        return train_stage(run, out, tracker, run_id, tracking=tracking, workdir=workdir(cfg))
+
+    result = run_step(step, workdir(cfg), trained)
     shutil.rmtree(resume_dir, ignore_errors=True)  # the committed checkpoint supersedes it
     summary = json.loads((result.output / "summary.json").read_text())
     return TrainOutcome(result, summary)

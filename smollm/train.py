@@ -13,26 +13,34 @@ Its output is a checkpoint folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
-import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from smollm.config import MixtureConfig, ModelConfig, StageConfig, TrainConfig
+from smollm.checkpoint import (  # noqa: F401 - re-exported: callers load checkpoints from here
+    STATE_FILE,
+    BackgroundWriter,
+    latest_resume_point,
+    load_checkpoint,
+    save_checkpoint,
+    save_resume_point,
+    snapshot,
+)
+from smollm.config import MixtureConfig, ModelConfig, StageConfig, TrackingConfig, TrainConfig
 from smollm.data.sampler import MixtureSampler
 from smollm.data.shards import TokenizedSource
-from smollm.model import build_model, llama_config
+from smollm.distributed import World, load_states, model_state, optimizer_state, wrap
+from smollm.model import build_model
 from smollm.schedule import stage_schedule
 from smollm.spikes import SpikeGuard
-from smollm.steps import atomic_dir_swap
 from smollm.tracking import NullTracker, Tracker
-
-STATE_FILE = "trainer_state.pt"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,54 +90,8 @@ def make_optimizer(model, train: TrainConfig):
         lr=opt.lr,
         betas=(opt.betas[0], opt.betas[1]),
         eps=opt.eps,
+        fused=decay[0].is_cuda or None,  # one kernel for all parameters on GPUs
     )
-
-
-def save_checkpoint(folder: Path, model, tokenizer_dir: Path, state: dict[str, Any]) -> None:
-    """Weights (save_pretrained) + tokenizer + trainer state into `folder`."""
-    import torch
-    from transformers import AutoTokenizer
-
-    model.save_pretrained(folder / "model")
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder / "model")
-    torch.save(state, folder / STATE_FILE)
-
-
-def load_checkpoint(folder: Path, shape: ModelConfig | None = None) -> tuple[Any, dict[str, Any]]:
-    """The model and trainer state of a checkpoint folder; a clear error if it is missing.
-
-    With `shape`, the weights load into that shape's config (RoPE θ and context length may
-    differ from the checkpoint's; a weight of another size is a RuntimeError)."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    if not (folder / STATE_FILE).is_file() or not (folder / "model" / "config.json").is_file():
-        raise FileNotFoundError(f"checkpoint {folder}: missing {STATE_FILE} or model/ (not a complete checkpoint)")
-    config = {"config": llama_config(shape)} if shape is not None else {}
-    model = LlamaForCausalLM.from_pretrained(folder / "model", **config)
-    state = torch.load(folder / STATE_FILE, weights_only=False)
-    return model, state
-
-
-def save_resume_point(resume_dir: Path, step: int, model, tokenizer_dir: Path, state: dict[str, Any]) -> Path:
-    """`<resume_dir>/step-<step>`, built aside, fsynced and renamed into place; then the older
-    points go. A kill at any moment leaves the previous point or this one, complete."""
-    for leftover in resume_dir.glob(".tmp-step-*"):  # a save killed half-way: never loaded
-        shutil.rmtree(leftover, ignore_errors=True)
-    folder = resume_dir / f"step-{step}"
-    atomic_dir_swap(folder, lambda tmp: save_checkpoint(tmp, model, tokenizer_dir, state))
-    for old in resume_dir.glob("step-*"):
-        if old != folder:
-            shutil.rmtree(old, ignore_errors=True)
-    return folder
-
-
-def latest_resume_point(resume_dir: Path | None) -> Path | None:
-    if resume_dir is None or not resume_dir.is_dir():
-        return None
-    points = sorted(resume_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    points = [p for p in points if (p / STATE_FILE).is_file()]
-    return points[-1] if points else None
 
 
 class Trainer:
@@ -138,6 +100,15 @@ class Trainer:
     def __init__(self, run: StageRun, tracker: Tracker | None = None, run_id: str | None = None) -> None:
         import torch
 
+        self.world = World.current()
+        if run.train.micro_batches_per_step % self.world.size:
+            raise ValueError(
+                f"train.processes: {self.world.size} processes do not divide the "
+                f"{run.train.micro_batches_per_step} micro-batches of a step (grad_accum_steps x data_parallel)"
+            )
+        self.world.init()
+        if not self.world.main:  # rank 0 alone logs
+            tracker, run_id = None, None
         self.run, self.tracker, self.run_id = run, tracker or NullTracker(), run_id
         if run.train.num_threads:
             torch.set_num_threads(run.train.num_threads)
@@ -145,12 +116,20 @@ class Trainer:
         self.sampler = MixtureSampler(sources, run.mixture.weights, seq_len=run.train.seq_len, seed=run.train.seed)
         self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
         self.guard, self.rewinds = SpikeGuard(run.train.spikes), 0
+        self.writer = BackgroundWriter()
         self.events: list[dict[str, Any]] = []
         """Skipped steps and rewinds, in order (summary.json; MLflow)."""
         self.model, state = self._initial_model()
+        self.device = self.world.device()
+        self.sharded = self.world.size > 1 and run.train.parallelism == "fsdp"
+        self.model.to(self.device)
+        self.module = wrap(self.model, self.world, run.train.parallelism)
+        if run.train.compile:
+            self.module = torch.compile(self.module)
+        """What forward/backward run through: the model, or its DDP/FSDP wrapper."""
         self.optimizer = make_optimizer(self.model, run.train)
         if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_states(self.model, self.optimizer, None, state["optimizer"], self.sharded)
             self.step, self.tokens_seen = state["step"], state["tokens_seen"]
             self.sampler.load_state_dict(state["sampler"], new_stage=True)
         self.start_step = self.step
@@ -197,8 +176,7 @@ class Trainer:
     def _load_point(self, point: Path) -> dict[str, Any]:
         """Weights, optimizer, counters, loss record and RNG from a checkpoint (not the sampler)."""
         model, state = load_checkpoint(point)
-        self.model.load_state_dict(model.state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_states(self.model, self.optimizer, model.state_dict(), state["optimizer"], self.sharded)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.losses = state.get("losses", [])
         _set_rng_state(state["rng"])
@@ -207,6 +185,8 @@ class Trainer:
     def _rewind(self) -> None:
         """Back to the last checkpoint, keeping the sampler where it is: the data window drawn
         since then (which kept producing spikes) is skipped, as the SmolLM2 authors did by hand."""
+        self.writer.wait()  # the last resume point is on disk (rank 0) ...
+        self.world.barrier()  # ... before any process looks for it
         point = latest_resume_point(self.run.resume_dir)
         spikes = self.run.train.spikes
         if point is None or self.rewinds >= spikes.max_rewinds:
@@ -233,7 +213,7 @@ class Trainer:
         return {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state(self.model, self.optimizer, self.sharded),
             "sampler": self.sampler.state_dict(),
             "rng": _rng_state(),
             "skipped_steps": self.skipped_steps,
@@ -253,14 +233,20 @@ class Trainer:
         lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total, micro_batches = 0.0, train.micro_batches_per_step
-        for _ in range(micro_batches):
-            batch = torch.from_numpy(self.sampler.next_batch(train.micro_batch_size))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.precision == "bf16"):
-                logits = self.model(input_ids=batch[:, :-1]).logits
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
-            (loss / micro_batches).backward()
+        # Each process runs its share of the step's micro-batches: all draw the same global ones
+        # (process r trains on every world.size-th), and DDP averages the gradients.
+        world, size = self.world, train.micro_batch_size
+        total, micro_batches = 0.0, train.micro_batches_per_step // world.size
+        for index in range(micro_batches):
+            rows = self.sampler.next_batch(size * world.size)[world.rank * size : (world.rank + 1) * size]
+            batch = torch.from_numpy(rows).to(self.device, non_blocking=True)
+            with self._gradient_sync(index == micro_batches - 1):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16"):
+                    logits = self.module(input_ids=batch[:, :-1]).logits
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+                (loss / micro_batches).backward()
             total += loss.item() / micro_batches
+        total = world.mean(total)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.optimizer.grad_clip))
         skip = self.guard.verdict(total, grad_norm)
         if skip is None:
@@ -273,6 +259,21 @@ class Trainer:
         self.tokens_seen += train.tokens_per_step
         return {"loss": total, "lr": lr, "grad_norm": grad_norm, "skipped": float(skip is not None)}
 
+    @contextlib.contextmanager
+    def _gradient_sync(self, last: bool) -> Iterator[None]:
+        """Processes average gradients on a step's last micro-batch only."""
+        if self.world.size == 1 or last:
+            yield
+        elif hasattr(self.module, "no_sync"):  # DDP
+            with self.module.no_sync():
+                yield
+        else:  # FSDP2
+            self.module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.module.set_requires_gradient_sync(True)
+
     def _log(self, record: dict[str, float]) -> None:
         metrics = {f"train/{k}": v for k, v in record.items()}
         metrics.update({f"tokens/{k}": v for k, v in self.sampler.tokens_per_source().items()})
@@ -283,15 +284,24 @@ class Trainer:
             self.tracker.log_metrics(self.run_id, metrics, step=self.tokens_seen)
 
     def _save_resume_point(self, resume_dir: Path) -> None:
-        save_resume_point(resume_dir, self.step, self.model, self.run.tokenizer_dir, self.state())
+        """A resume point, written in the background from a snapshot taken now (rank 0 writes)."""
+        state, weights = self.state(), model_state(self.model, self.sharded)  # all processes (shards)
+        if self.world.main:
+            state, weights, step = snapshot(state), snapshot(weights), self.step
+            model, tokenizer = self.model, self.run.tokenizer_dir
+            self.writer.submit(lambda: save_resume_point(resume_dir, step, model, tokenizer, state, weights))
 
     def run_to_end(self, output: Path) -> dict[str, Any]:
         import torch
 
         # Grad mode is thread-local and other libraries flip it (lighteval disables it at import,
         # in whichever thread imports it first): training states it explicitly.
-        with torch.enable_grad():
-            return self._run_to_end(output)
+        try:
+            with torch.enable_grad():
+                return self._run_to_end(output)
+        except BaseException:
+            self.writer.wait(raise_errors=False)  # a resume point being written is finished
+            raise
 
     def _run_to_end(self, output: Path) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -304,7 +314,7 @@ class Trainer:
             initial=self.step - self.start_step,
             desc=f"train {self.run.stage.name}",
             unit="step",
-            disable=not train.progress,
+            disable=not train.progress or not self.world.main,
             dynamic_ncols=True,
         )
         while self.step < end:
@@ -320,13 +330,17 @@ class Trainer:
             if every and self.run.resume_dir and (self.step - self.start_step) % every == 0 and self.step < end:
                 self._save_resume_point(self.run.resume_dir)
         bar.close()
+        self.writer.wait()
         elapsed = time.perf_counter() - started
-        save_checkpoint(output, self.model, self.run.tokenizer_dir, self.state())
         summary = self.summary(elapsed)
-        (output / "summary.json").write_text(json.dumps(summary, indent=2))
-        with open(output / "losses.jsonl", "w") as handle:
-            for record in self.losses:
-                handle.write(json.dumps(record) + "\n")
+        state, weights = self.state(), model_state(self.model, self.sharded)
+        if self.world.main:
+            save_checkpoint(output, self.model, self.run.tokenizer_dir, state, weights)
+            (output / "summary.json").write_text(json.dumps(summary, indent=2))
+            with open(output / "losses.jsonl", "w") as handle:
+                for record in self.losses:
+                    handle.write(json.dumps(record) + "\n")
+        self.world.barrier()
         return summary
 
     def summary(self, elapsed: float) -> dict[str, Any]:
@@ -358,6 +372,20 @@ class Trainer:
         }
 
 
-def train_stage(run: StageRun, output: Path, tracker: Tracker | None = None, run_id: str | None = None) -> dict:
-    """Train the stage to its end and write the checkpoint into `output`."""
+def train_stage(
+    run: StageRun,
+    output: Path,
+    tracker: Tracker | None = None,
+    run_id: str | None = None,
+    *,
+    tracking: TrackingConfig | None = None,
+    workdir: Path | None = None,
+) -> dict:
+    """Train the stage to its end and write the checkpoint into `output`; with
+    `train.processes > 1` (and not already under torchrun), in that many processes under
+    torchrun, rank 0 logging to `run_id` in the store of `tracking` (relative to `workdir`)."""
+    if run.train.processes > 1 and World.current().size == 1:
+        from smollm.distributed import launch
+
+        return launch(run, output, tracking, workdir or output.parent, run_id)
     return Trainer(run, tracker, run_id).run_to_end(output)

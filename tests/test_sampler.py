@@ -83,3 +83,51 @@ def test_epochs_wrap_and_a_new_stage_keeps_the_totals(sources):
     nxt.next_batch(2)
     assert nxt.tokens_per_source()["c"] == (186 + 1) * 16
     assert nxt.tokens_per_source(stage_only=True) == {"a": 16, "c": 16}
+
+
+def test_blend_index_follows_the_weights_at_every_prefix_and_chunks_agree():
+    from smollm.data.blend import DENOMINATOR, blend_counts, blend_sources, quantise
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        weights = np.maximum(rng.dirichlet(np.ones(int(rng.integers(1, 9))) * rng.choice([0.3, 1.0, 5.0])), 1e-4)
+        shares = quantise(weights)
+        assert shares.sum() == DENOMINATOR and (shares >= 1).all()
+        n = 4000
+        index = blend_sources(shares, 0, n)
+        assert np.array_equal(
+            index, np.concatenate([blend_sources(shares, a, min(n, a + 611)) for a in range(0, n, 611)])
+        )
+        counts = np.stack([np.cumsum(index == i) for i in range(len(shares))])
+        share = shares / DENOMINATOR
+        # each source's count is its due times rounded: off by <= 1/2, and n by <= S/2 in all
+        bound = 0.5 + share * len(shares) / 2 + 1e-6
+        assert (np.abs(counts - share[:, None] * np.arange(1, n + 1)).max(axis=1) <= bound).all()
+        assert np.array_equal(blend_counts(shares, 2345), counts[:, 2344])
+
+
+def test_large_blend_index_is_computed_in_threads_and_is_exact():
+    from smollm.data.blend import blend_counts, blend_sources, quantise
+
+    shares = quantise(np.array([0.55, 0.3, 0.1, 0.05]))
+    n = 3_000_001  # several chunks on several threads
+    index = blend_sources(shares, 0, n, threads=2)
+    assert np.array_equal(np.bincount(index, minlength=4), blend_counts(shares, n))
+    assert np.array_equal(index[1_234_567:1_234_667], blend_sources(shares, 1_234_567, 1_234_667))
+
+
+def test_a_saved_position_from_another_mixture_is_refused(sources):
+    sampler = MixtureSampler(sources, WEIGHTS, seq_len=16, seed=0)
+    sampler.next_batch(8)
+    other = MixtureSampler(sources, {"a": 0.2, "b": 0.3, "c": 0.5}, seq_len=16, seed=0)
+    with pytest.raises(ValueError, match="sampler state: samples per source"):
+        other.load_state_dict(sampler.state_dict())
+
+
+def test_a_batch_handed_out_is_never_overwritten_by_later_reads(sources):
+    sampler = MixtureSampler(sources, WEIGHTS, seq_len=16, seed=0)
+    kept = sampler.next_batch(8)
+    copy = kept.copy()
+    for _ in range(1000):  # many read-aheads: their buffers are reused only when no batch points into them
+        sampler.next_batch(8)
+    assert np.array_equal(kept, copy)

@@ -5,12 +5,16 @@ Layout of a built source (`<workdir>/tokens/<source>-<hash>/`):
     shard-00000.bin      flat token ids (uint16 when the vocab fits, else uint32), EOS after each doc
     docs.npy             int64 start offset of every document in the concatenated token stream
     heldout.jsonl        the held-out documents ({"text": ...}), never trained on
+
+`datatrove_tokenize` writes the same files with the tokenizing split over datatrove's executors,
+through the pieces here (`Encoder`, `split_heldout`, `ShardWriter`, `finish_source`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -25,7 +29,7 @@ from smollm.data.tokenizer import load_fast
 ENCODE_BATCH_DOCS = 512
 
 
-def _batched(docs: Iterator[str], size: int) -> Iterator[list[str]]:
+def batched(docs: Iterator[str], size: int = ENCODE_BATCH_DOCS) -> Iterator[list[str]]:
     while batch := list(islice(docs, size)):
         yield batch
 
@@ -39,7 +43,8 @@ def sha256_file(path: Path) -> str:
 
 
 class ShardWriter:
-    """Appends token arrays, cutting a new shard file every `shard_tokens` tokens."""
+    """Appends token arrays, cutting a new shard file every `shard_tokens` tokens (where the cuts
+    fall depends only on the concatenated stream, not on how it is split into `add` calls)."""
 
     def __init__(self, output: Path, dtype: np.dtype, shard_tokens: int) -> None:
         self.output, self.dtype, self.shard_tokens = output, dtype, shard_tokens
@@ -68,45 +73,90 @@ class ShardWriter:
         self.shards.append({"file": path.name, "num_tokens": int(len(tokens)), "sha256": sha256_file(path)})
 
 
-def tokenize_source(source: SourceConfig, tokenizer_dir: Path, output: Path, shard_tokens: int) -> dict:
-    """Write the source's held-out docs, token shards, doc index and manifest into `output`."""
-    tokenizer = load_fast(tokenizer_dir)
-    eos_id = tokenizer.token_to_id("<|endoftext|>")
-    vocab = tokenizer.get_vocab_size()
-    dtype = np.dtype(np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32)
-    docs = iter_documents(source)
-    with open(output / "heldout.jsonl", "w") as handle:
-        for doc in islice(docs, source.heldout_docs):
-            handle.write(json.dumps({"text": doc}) + "\n")
-    writer = ShardWriter(output, dtype, shard_tokens)
-    starts, position, num_bytes = [], 0, 0
-    for batch in _batched(docs, ENCODE_BATCH_DOCS):
-        encodings = tokenizer.encode_batch_fast(batch, add_special_tokens=False)
+@dataclass(frozen=True)
+class Encoded:
+    """A batch of documents as tokens: the flat stream (EOS after each document), each
+    document's length in tokens (EOS included) and the batch's UTF-8 size."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    num_bytes: int
+
+
+class Encoder:
+    """The build's tokenizer: documents to token ids in the smallest dtype the vocab fits."""
+
+    def __init__(self, tokenizer_dir: Path) -> None:
+        self.tokenizer_dir = Path(tokenizer_dir)
+        self.tokenizer = load_fast(self.tokenizer_dir)
+        self.eos_id: int = self.tokenizer.token_to_id("<|endoftext|>")
+        self.vocab_size: int = self.tokenizer.get_vocab_size()
+        fits_uint16 = self.vocab_size <= np.iinfo(np.uint16).max + 1
+        self.dtype = np.dtype(np.uint16 if fits_uint16 else np.uint32)
+
+    def encode(self, batch: list[str]) -> Encoded:
+        # One flat list and one numpy conversion per batch: per-document arrays cost more.
         flat: list[int] = []
-        for doc, encoding in zip(batch, encodings, strict=True):
-            starts.append(position + len(flat))
-            flat.extend(encoding.ids)
-            flat.append(eos_id)
-            num_bytes += len(doc.encode())
-        position += len(flat)
-        writer.add(np.asarray(flat, dtype=dtype))
-    if not starts:
+        lengths: list[int] = []
+        for encoding in self.tokenizer.encode_batch_fast(batch, add_special_tokens=False):
+            ids = encoding.ids
+            ids.append(self.eos_id)
+            flat += ids
+            lengths.append(len(ids))
+        tokens = np.array(flat, dtype=self.dtype)
+        return Encoded(tokens, np.array(lengths, dtype=np.int64), len("".join(batch).encode()))
+
+
+def split_heldout(source: SourceConfig, docs: Iterator[str], output: Path | None = None) -> Iterator[str]:
+    """The training documents of `docs`: the first `heldout_docs` are held out (written to
+    `output/heldout.jsonl` when given, else skipped)."""
+    heldout = islice(docs, source.heldout_docs)
+    if output is None:
+        deque(heldout, maxlen=0)
+        return docs
+    with open(output / "heldout.jsonl", "w") as handle:
+        for doc in heldout:
+            handle.write(json.dumps({"text": doc}) + "\n")
+    return docs
+
+
+def finish_source(
+    source: SourceConfig, encoder: Encoder, output: Path, lengths: np.ndarray, num_bytes: int, shards: list[dict]
+) -> dict:
+    """Write the doc index and the manifest of a source whose shards and held-out docs are written."""
+    if not len(lengths):
         raise ValueError(f"data.sources.{source.name}: no training documents after the held-out slice")
-    np.save(output / "docs.npy", np.asarray(starts, dtype=np.int64))
+    ends = np.cumsum(lengths, dtype=np.int64)
+    np.save(output / "docs.npy", ends - lengths)
     manifest = {
         "source": source.name,
-        "tokenizer": str(tokenizer_dir),
-        "vocab_size": vocab,
-        "dtype": dtype.name,
-        "num_tokens": position,
-        "num_docs": len(starts),
+        "tokenizer": str(encoder.tokenizer_dir),
+        "vocab_size": encoder.vocab_size,
+        "dtype": encoder.dtype.name,
+        "num_tokens": int(ends[-1]),
+        "num_docs": len(lengths),
         "num_bytes": num_bytes,
         "heldout_docs": source.heldout_docs,
         "heldout_sha256": sha256_file(output / "heldout.jsonl"),
-        "shards": writer.close(),
+        "shards": shards,
     }
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def tokenize_source(source: SourceConfig, tokenizer_dir: Path, output: Path, shard_tokens: int) -> dict:
+    """Write the source's held-out docs, token shards, doc index and manifest into `output`."""
+    encoder = Encoder(tokenizer_dir)
+    docs = split_heldout(source, iter_documents(source), output)
+    writer = ShardWriter(output, encoder.dtype, shard_tokens)
+    lengths, num_bytes = [], 0
+    for batch in batched(docs):
+        encoded = encoder.encode(batch)
+        writer.add(encoded.tokens)
+        lengths.append(encoded.lengths)
+        num_bytes += encoded.num_bytes
+    all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    return finish_source(source, encoder, output, all_lengths, num_bytes, writer.close())
 
 
 @dataclass(frozen=True)

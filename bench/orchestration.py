@@ -1,0 +1,121 @@
+"""Orchestration and cache: the demo's stage 1 as a Prefect flow against the same steps called
+as plain functions, and re-runs of unchanged work against their first run.
+
+    .venv/bin/python bench/orchestration.py [--quick]
+
+Each side starts from an empty work dir (its own tokenizer, sources, training, lighteval
+evaluation, rebalance, MLflow store). The Prefect side is `stage_flow` under the temporary
+server `make demo` uses (its start-up is counted: a user waits for it too). The cache rows re-run
+the same stage flow, and a whole small 3-stage pipeline, in their finished work dirs: nothing is
+recomputed. `--quick` runs the tiny test-size config instead of the demo's. Run by `make bench`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, Row, ceiling_row, main
+
+
+def plain_stage(overrides: list[str]) -> None:
+    """What `flows.stage.stage_flow` does for stage 0, calling the library directly."""
+    from flows.compose import CONF_DIR, compose, compose_stage, generated_dir
+    from flows.stage import rebalance_sources
+    from smollm import stage
+    from smollm.rebalance import generated_mixture_name
+    from smollm.runs import start_config_run, tracked_evaluate, tracked_rebalance, tracked_train
+    from smollm.tracking import make_tracker
+
+    cfg = compose_stage(overrides, 0, compose(overrides).pipeline.stages[0].mixture)
+    tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
+    run_id = start_config_run(tracker, cfg, "stage/stage1", "stage", parent_run_id=None, flow_run_id=None)
+    tokenizer = stage.build_tokenizer(cfg)
+    sources = {name: stage.build_source(cfg, name, tokenizer) for name in sorted(stage.needed_sources(cfg))}
+    outcome = tracked_train(
+        cfg, cfg.pipeline.stages[0], sources, tokenizer, None, tracker, stage_run_id=run_id, flow_run_id=None
+    )
+    tracked_evaluate(cfg, outcome.step, sources, tracker, stage_run_id=run_id, tokens_seen=outcome.summary["tokens_seen"])
+    extra = rebalance_sources(cfg, {}) - set(sources)
+    weighed = {**sources, **{name: stage.build_source(cfg, name, tokenizer) for name in sorted(extra)}}
+    tracked_rebalance(
+        cfg,
+        0,
+        outcome.summary,
+        weighed,
+        tracker,
+        stage_run_id=run_id,
+        previous_stage_run_id=None,
+        pipeline_run_id=None,
+        mixture_name=generated_mixture_name(cfg, 0, outcome.step.identity),
+        generated_dir=generated_dir(cfg.workdir),
+        conf_dir=CONF_DIR,
+    )
+    tracker.end_run(run_id)
+
+
+def timed(fn) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def run(quick: bool) -> list[Row]:
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from flows.pipeline import pipeline_flow
+    from flows.runtime import embedded_settings
+    from flows.stage import stage_flow
+    from tests.conftest import tiny_overrides
+
+    def config(work: Path) -> list[str]:
+        base = tiny_overrides(work) if quick else [f"workdir={work}", "train.progress=false"]
+        return [*base, "tracking.experiment=smollm-bench"]
+
+    with tempfile.TemporaryDirectory(prefix="smollm-bench-orch-") as tmp:
+        root = Path(tmp)
+        plain, _ = timed(lambda: plain_stage(config(root / "plain")))
+
+        def under_prefect(overrides: list[str]):
+            with embedded_settings():
+                return stage_flow(overrides=overrides, stage_index=0)
+
+        prefect, first = timed(lambda: under_prefect(config(root / "prefect")))
+        again, second = timed(lambda: under_prefect(config(root / "prefect")))
+        recomputed = second["trained"] or bool(second["data_built"])
+
+        def pipeline():
+            with embedded_settings():
+                return pipeline_flow(tiny_overrides(root / "pipeline"))
+
+        pipeline_first, _ = timed(pipeline)
+        pipeline_again, results = timed(pipeline)
+        pipeline_recomputed = any(r["trained"] or r["data_built"] for r in results["stages"])
+    size = "tiny config" if quick else "demo stage 1"
+    return [
+        ceiling_row("orchestration: Prefect stage flow / plain functions", prefect, plain, 1.03, size),
+        Row(
+            "cache: unchanged stage re-run",
+            f"{again:.1f} s",
+            f"{prefect:.1f} s first run",
+            again / prefect,
+            "<= 5 s, nothing recomputed",
+            again <= 5 and not recomputed,
+            f"{size}; recomputed: {recomputed}",
+        ),
+        Row(
+            "cache: unchanged 3-stage pipeline re-run",
+            f"{pipeline_again:.1f} s",
+            f"{pipeline_first:.1f} s first run",
+            pipeline_again / pipeline_first,
+            "<= 5 s, nothing recomputed",
+            pipeline_again <= 5 and not pipeline_recomputed,
+            f"tiny config; recomputed: {pipeline_recomputed}",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    main(run)
