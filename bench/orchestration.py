@@ -36,7 +36,9 @@ def plain_stage(overrides: list[str]) -> None:
     outcome = tracked_train(
         cfg, cfg.pipeline.stages[0], sources, tokenizer, None, tracker, stage_run_id=run_id, flow_run_id=None
     )
-    tracked_evaluate(cfg, outcome.step, sources, tracker, stage_run_id=run_id, tokens_seen=outcome.summary["tokens_seen"])
+    tracked_evaluate(
+        cfg, outcome.step, sources, tracker, stage_run_id=run_id, tokens_seen=outcome.summary["tokens_seen"]
+    )
     extra = rebalance_sources(cfg, {}) - set(sources)
     weighed = {**sources, **{name: stage.build_source(cfg, name, tokenizer) for name in sorted(extra)}}
     tracked_rebalance(
