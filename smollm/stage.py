@@ -39,7 +39,15 @@ SOURCE_CONTENT_FIELDS = (
 )
 EVAL_CODE = tuple(
     f"smollm.evaluation.{m}"
-    for m in ("suite", "items", "result", "lighteval_tasks", "lighteval_builtin", "lighteval_backend")
+    for m in (
+        "suite",
+        "items",
+        "result",
+        "lighteval_tasks",
+        "lighteval_builtin",
+        "lighteval_backend",
+        "lighteval_model",
+    )
 )
 # Train fields that do not change the result.
 TRAIN_BOOKKEEPING_FIELDS = (

@@ -48,9 +48,10 @@ def _default_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-# lighteval bootstraps corpus metrics' stderr in a forked multiprocessing pool, whose teardown
-# SIGTERMs its workers; a forked worker must not run the parent's handler (Prefect's raises
-# TerminationSignal and prints a traceback per worker).
+# lighteval bootstraps corpus metrics' stderr in a forked multiprocessing pool (drawn in-process
+# since `lighteval_tasks.SerialBootstrap`), whose teardown SIGTERMs its workers; a forked worker
+# must not run the parent's handler (Prefect's raises TerminationSignal and prints a traceback per
+# worker).
 os.register_at_fork(after_in_child=_default_sigterm)
 
 
@@ -150,7 +151,7 @@ def _run_lighteval(
     from lighteval.pipeline import ParallelismManager, PipelineParameters
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from smollm.evaluation import lighteval_tasks
+    from smollm.evaluation import lighteval_model, lighteval_tasks
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.to(torch.device(suite.device)).eval()  # type: ignore[arg-type]  # transformers 5 mis-types `.to`
@@ -166,7 +167,7 @@ def _run_lighteval(
             write_items(items[task.name], output_dir / "items" / task.name / "test.jsonl")
             configs.append(lighteval_tasks.task_config(task, output_dir / "items" / task.name))
 
-    config = lighteval_tasks.LocalModelConfig(
+    config = lighteval_model.LocalModelConfig(
         model_name=MODEL_NAME,
         tokenizer=str(model_dir),
         device=suite.device,  # lighteval's default is cuda
@@ -184,8 +185,8 @@ def _run_lighteval(
             custom_tasks_directory=lighteval_tasks.tasks_module(configs),  # type: ignore[arg-type]
         ),
         evaluation_tracker=tracker,
-        model_config=config,
-        model=model,
+        # annotated `AutoModelForCausalLM` (a factory), it wraps any loaded `PreTrainedModel`
+        model=lighteval_model.TokenBatchedModel.from_model(model, config),  # type: ignore[arg-type]
         limits=limits,
     )
     pipeline.model._cache = None  # `cached` methods call the model directly when the cache is None

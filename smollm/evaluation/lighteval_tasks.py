@@ -17,11 +17,17 @@ Why not lighteval's defaults (0.13):
   cache (which only recognises LOGPROBS/GENERATIVE responses). bits per byte is therefore
   computed on the LOGPROBS path: lighteval's own `PerplexityPreparator("bytes")` and
   `CorpusLevelPerplexityMetric("bits_per_byte")`, fed with continuation log-likelihoods.
+- The stderr of a corpus metric (bits per byte) is bootstrapped in a fresh `multiprocessing`
+  pool of `cpu_count()` workers per metric, forked from a process that holds torch and the
+  model: ~0.08 s per metric for 1000 draws that take ~8 ms in-process (~6% of the offline
+  suite on 2 CPU threads). Importing this module makes lighteval draw them in-process
+  (`SerialBootstrap`): the same seeded draws in the same order, so the same stderr.
 """
 
 from __future__ import annotations
 
 import collections
+import random
 import types
 from pathlib import Path
 from typing import Any
@@ -31,8 +37,8 @@ from lighteval.metrics.dynamic_metrics import LogLikelihoodAccMetric
 from lighteval.metrics.metrics_corpus import CorpusLevelPerplexityMetric
 from lighteval.metrics.normalizations import LogProbCharNorm
 from lighteval.metrics.sample_preparator import PerplexityPreparator
+from lighteval.metrics.utils import stderr as lighteval_stderr
 from lighteval.metrics.utils.metric_utils import CorpusLevelMetric
-from lighteval.models.transformers.transformers_model import TransformersModelConfig
 from lighteval.pipeline import Pipeline
 from lighteval.tasks.lighteval_task import LightevalTask, LightevalTaskConfig
 from lighteval.tasks.registry import Registry
@@ -105,6 +111,22 @@ class CustomTasksRegistry(Registry):
         self.task_to_configs = self._update_task_configs()
 
 
+class SerialBootstrap(lighteval_stderr._bootstrap_internal):
+    """lighteval's bootstrap draws (`number_draws` resamples of the population from
+    `random.Random(seed)`, the metric recomputed on each), without its process pool."""
+
+    def __call__(self, cur_experiment: tuple[list, int]) -> list:
+        population, seed = cur_experiment
+        metric = self.metric
+        assert metric is not None, "bootstrap_stderr always passes its metric"
+        rnd = random.Random(seed)
+        samples = [rnd.choices(population, k=len(population)) for _ in range(self.number_draws)]
+        return [metric(sample) for sample in samples]
+
+
+# `bootstrap_stderr` looks the class up at call time
+lighteval_stderr._bootstrap_internal = SerialBootstrap  # type: ignore[misc]
+
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -155,10 +177,3 @@ class CustomTasksPipeline(Pipeline):
                 for sampling in doc.sampling_methods:
                     self.sampling_docs[sampling].append(doc)
         self.evaluation_tracker.task_config_logger.log(self.tasks_dict)
-
-
-class LocalModelConfig(TransformersModelConfig):
-    """A checkpoint on local disk: no hub lookup of the model's commit sha (offline)."""
-
-    def get_model_sha(self) -> str:
-        return ""
