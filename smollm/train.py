@@ -124,9 +124,9 @@ class Trainer:
         self.sharded = self.world.size > 1 and run.train.parallelism == "fsdp"
         self.model.to(self.device)
         self.module = wrap(self.model, self.world, run.train.parallelism)
+        """What forward/backward run through: the model, or its DDP/FSDP wrapper (compiled if asked)."""
         if run.train.compile:
             self.module = torch.compile(self.module)
-        """What forward/backward run through: the model, or its DDP/FSDP wrapper."""
         self.optimizer = make_optimizer(self.model, run.train)
         if state is not None:
             load_states(self.model, self.optimizer, None, state["optimizer"], self.sharded)
