@@ -45,12 +45,7 @@ SHARD_TOKENS = 1 << 20
 
 def best_cpu(fn: Callable[[], object], repeats: int) -> float:
     """The least process CPU time (seconds) of `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        started = time.process_time()
-        fn()
-        times.append(time.process_time() - started)
-    return min(times)
+    return best_of(fn, repeats, clock=time.process_time)
 
 
 def train_tokenizer(root: Path) -> Path:
