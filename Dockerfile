@@ -1,6 +1,6 @@
 # The smollm image: the project with its pinned dependencies (CPU torch; for CUDA, install torch
 # from the CUDA index instead). docker-compose.yml runs the Prefect server, the MLflow server and
-# the worker from it, with the same commands as `make serve` (flows/services.py).
+# the worker from it, with the same commands as `make serve` (smollm/services.py).
 FROM python:3.11-slim-bookworm
 
 ENV PIP_NO_CACHE_DIR=1 \

@@ -44,10 +44,10 @@ test: install lint test-deps
 
 # Prefect server + MLflow server + the deployments' executor, on loopback, in the background.
 serve: install
-	$(PY) -m flows.services start
+	$(PY) -m smollm.services start
 
 stop:
-	$(PY) -m flows.services stop
+	$(PY) -m smollm.services stop
 
 # Every benchmark as a ratio against its baseline, measured in the same run -> bench/results.md.
 bench: install

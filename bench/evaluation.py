@@ -164,7 +164,7 @@ def one_item_per_task(suite):
 
 def time_both(model_dir: Path, suite, heldout: dict[str, Path], out: Path, repeats: int) -> tuple[float, float]:
     """Best (lighteval, direct) seconds of `repeats` alternating runs (a fresh output dir each)."""
-    from smollm.evaluation import evaluate_checkpoint
+    from smollm.evaluation.lighteval_backend import evaluate_checkpoint
 
     lighteval, direct = [], []
     for index in range(repeats):  # alternating: a busy spell of the machine slows both alike
@@ -176,7 +176,7 @@ def time_both(model_dir: Path, suite, heldout: dict[str, Path], out: Path, repea
 def run(quick: bool) -> list[Row]:
     import torch
 
-    from smollm.evaluation import evaluate_checkpoint
+    from smollm.evaluation.lighteval_backend import evaluate_checkpoint
 
     torch.set_num_threads(THREADS)
     repeats = 2 if quick else 3

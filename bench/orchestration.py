@@ -22,40 +22,34 @@ from common import ROOT, Row, ceiling_row, main
 
 def plain_stage(overrides: list[str]) -> None:
     """What `flows.stage.stage_flow` does for stage 0, calling the library directly."""
-    from flows.compose import CONF_DIR, compose, compose_stage, generated_dir
-    from flows.stage import rebalance_sources
+    from flows.compose import compose_lineage
     from smollm import stage
-    from smollm.rebalance import generated_mixture_name
-    from smollm.runs import start_config_run, tracked_evaluate, tracked_rebalance, tracked_train
+    from smollm.runs import (
+        decision_metrics,
+        rebalance_inputs,
+        tracked_evaluate,
+        tracked_rebalance,
+        tracked_run,
+        tracked_train,
+    )
     from smollm.tracking import make_tracker
 
-    cfg = compose_stage(overrides, 0, compose(overrides).pipeline.stages[0].mixture)
+    node = compose_lineage(overrides).extend()
+    cfg = node.cfg
     tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
-    run_id = start_config_run(tracker, cfg, "stage/stage1", "stage", parent_run_id=None, flow_run_id=None)
-    tokenizer = stage.build_tokenizer(cfg)
-    sources = {name: stage.build_source(cfg, name, tokenizer) for name in sorted(stage.needed_sources(cfg))}
-    outcome = tracked_train(
-        cfg, cfg.pipeline.stages[0], sources, tokenizer, None, tracker, stage_run_id=run_id, flow_run_id=None
-    )
-    tracked_evaluate(
-        cfg, outcome.step, sources, tracker, stage_run_id=run_id, tokens_seen=outcome.summary["tokens_seen"]
-    )
-    extra = rebalance_sources(cfg, {}) - set(sources)
-    weighed = {**sources, **{name: stage.build_source(cfg, name, tokenizer) for name in sorted(extra)}}
-    tracked_rebalance(
-        cfg,
-        0,
-        outcome.summary,
-        weighed,
-        tracker,
-        stage_run_id=run_id,
-        previous_stage_run_id=None,
-        pipeline_run_id=None,
-        mixture_name=generated_mixture_name(cfg, 0, outcome.step.identity),
-        generated_dir=generated_dir(cfg.workdir),
-        conf_dir=CONF_DIR,
-    )
-    tracker.end_run(run_id)
+    with tracked_run(tracker, cfg, "stage/stage1", "stage", parent_run_id=None, flow_run_id=None) as run_id:
+        tokenizer = stage.prepare_tokenizer(cfg)
+        sources = {name: stage.build_source(cfg, name, tokenizer) for name in sorted(stage.needed_sources(cfg))}
+        data = {"tokenizer": tokenizer, **sources}
+        outcome = tracked_train(cfg, node.stage, data, None, tracker, stage_run_id=run_id, flow_run_id=None)
+        tokens = outcome.summary["tokens_seen"]
+        _, evals = tracked_evaluate(cfg, outcome.step, sources, tracker, run_id, tokens)
+        named = {s for rule in cfg.rebalance.rules for s in rule.sources} - set(sources)
+        weighed = {**sources, **{name: stage.build_source(cfg, name, tokenizer) for name in sorted(named)}}
+        consumed = outcome.summary["tokens_per_source"]
+        inputs = rebalance_inputs(cfg, 0, consumed, weighed, decision_metrics(evals, {}), None, [])
+        name = node.next_mixture()
+        tracked_rebalance(cfg, inputs, tracker, stage_run_id=run_id, pipeline_run_id=None, mixture_name=name)
 
 
 def timed(fn) -> tuple[float, object]:
@@ -68,6 +62,7 @@ def run(quick: bool) -> list[Row]:
     import sys
 
     sys.path.insert(0, str(ROOT))
+    from flows.compose import compose_lineage
     from flows.pipeline import pipeline_flow
     from flows.runtime import embedded_settings
     from flows.stage import stage_flow
@@ -87,12 +82,12 @@ def run(quick: bool) -> list[Row]:
         with embedded_settings():
             server = time.perf_counter() - server
             plain, _ = timed(lambda: plain_stage(config(root / "plain")))
-            prefect, _ = timed(lambda: stage_flow(overrides=config(root / "prefect"), stage_index=0))
-            again, second = timed(lambda: stage_flow(overrides=config(root / "prefect"), stage_index=0))
-            recomputed = second["trained"] or bool(second["data_built"])
+            prefect, _ = timed(lambda: stage_flow(compose_lineage(config(root / "prefect")).extend()))
+            again, second = timed(lambda: stage_flow(compose_lineage(config(root / "prefect")).extend()))
+            recomputed = second.trained or bool(second.data_built)
             pipeline_first, _ = timed(lambda: pipeline_flow(tiny_overrides(root / "pipeline")))
             pipeline_again, results = timed(lambda: pipeline_flow(tiny_overrides(root / "pipeline")))
-            pipeline_recomputed = any(r["trained"] or r["data_built"] for r in results["stages"])
+            pipeline_recomputed = any(r.trained or r.data_built for r in results.stages)
     size = "tiny config" if quick else "demo stage 1"
     return [
         ceiling_row("orchestration: Prefect stage flow / plain functions", prefect, plain, 1.03, size),

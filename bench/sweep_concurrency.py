@@ -33,7 +33,7 @@ def sweep(workdir: Path, train_tokens: int, concurrency: int) -> dict:
         train_tokens=train_tokens,
         max_concurrency=concurrency,
         overrides=[*tiny_overrides(workdir), "tracking.experiment=smollm-bench"],
-    )
+    ).to_dict()
 
 
 def main() -> None:

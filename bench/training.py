@@ -35,7 +35,7 @@ def built_demo(work: Path):
     from smollm import stage
 
     cfg = compose([f"workdir={work}", *SOURCES])
-    tokenizer = stage.build_tokenizer(cfg)
+    tokenizer = stage.prepare_tokenizer(cfg)
     sources = {name: stage.build_source(cfg, name, tokenizer) for name in cfg.mixture.weights}
     return cfg, tokenizer, sources
 

@@ -12,8 +12,7 @@ or stop); so it does at once when no server is there to ask on (the embedded def
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pydantic
@@ -22,13 +21,13 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
-from flows.compose import CONF_DIR, generated_dir
 from flows.runtime import server_can_ask
 from smollm.config import ConfigError, MixtureConfig, RunConfig
-from smollm.rebalance import Proposal, write_mixture
+from smollm.rebalance import Proposal, write_generated_mixture
 from smollm.rebalance.write import weights_digest
+from smollm.results import ProposedMixture, StageResult
 from smollm.schema import from_dict
-from smollm.tracking import make_tracker
+from smollm.tracking import Tracker
 
 
 class SourceWeight(pydantic.BaseModel):
@@ -59,7 +58,7 @@ def rows(weights: dict[str, float]) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class Decision:
+class ApprovalDecision:
     mixture: str | None
     """The next stage's mixture; None: stop the pipeline."""
     how: str
@@ -77,37 +76,36 @@ def validate_edit(cfg: RunConfig, weights: dict[str, float]) -> MixtureConfig:
     return mixture
 
 
-def ask(cfg: RunConfig, stage: dict[str, Any], next_stage: str) -> Decision:
-    """Pause the running pipeline flow until the proposal after `stage` is approved, edited,
+def ask(cfg: RunConfig, proposed: ProposedMixture, stage_run_id: str, next_stage: str) -> ApprovalDecision:
+    """Pause the running pipeline flow until the proposal for `next_stage` is approved, edited,
     rejected, or the time is up."""
     settings = cfg.rebalance.approval
-    proposed = stage["proposal"]
     if not server_can_ask():
         print(f"approval: no Prefect server to ask on (PREFECT_API_URL unset); on_timeout={settings.on_timeout}")
-        return _default(stage, f"no-server-{settings.on_timeout}", settings.on_timeout)
+        return _default(proposed, f"no-server-{settings.on_timeout}", settings.on_timeout)
     rejected = ""
     while True:
         form = MixtureApproval.with_initial_data(
-            description=_description(proposed["explanation"], next_stage, rejected), weights=rows(proposed["weights"])
+            description=_description(proposed.explanation, next_stage, rejected), weights=rows(proposed.weights)
         )
         try:
             answer = pause_flow_run(wait_for_input=form, timeout=settings.timeout_seconds, poll_interval=1)
         except FlowPauseTimeout:
             print(f"approval: nobody answered within {settings.timeout_seconds}s; on_timeout={settings.on_timeout}")
             _running_again()
-            return _default(stage, f"timeout-{settings.on_timeout}", settings.on_timeout)
+            return _default(proposed, f"timeout-{settings.on_timeout}", settings.on_timeout)
         if not answer.approve:
-            return Decision(None, "rejected")
+            return ApprovalDecision(None, "rejected")
         try:
             weights = answer.mixture()
-            if _same(weights, proposed["weights"]):
-                return Decision(stage["next_mixture"], "approved", proposed["weights"])
+            if _same(weights, proposed.weights):
+                return ApprovalDecision(proposed.name, "approved", proposed.weights)
             validate_edit(cfg, weights)
         except (ConfigError, ValueError) as err:
             rejected = str(err)
             print(f"approval: edit rejected: {rejected}")
             continue
-        return Decision(_write_edit(cfg, stage, weights, answer.note), "edited", weights)
+        return ApprovalDecision(_write_edit(cfg, proposed, stage_run_id, weights, answer.note), "edited", weights)
 
 
 def _running_again() -> None:
@@ -125,10 +123,10 @@ def _same(a: dict[str, float], b: dict[str, float]) -> bool:
     return all(abs(a.get(n, 0.0) - b.get(n, 0.0)) < 1e-9 for n in names)
 
 
-def _default(stage: dict[str, Any], how: str, on_timeout: str) -> Decision:
+def _default(proposed: ProposedMixture, how: str, on_timeout: str) -> ApprovalDecision:
     if on_timeout == "stop":
-        return Decision(None, how)
-    return Decision(stage["next_mixture"], how, stage["proposal"]["weights"])
+        return ApprovalDecision(None, how)
+    return ApprovalDecision(proposed.name, how, proposed.weights)
 
 
 def _description(explanation: str, next_stage: str, rejected: str) -> str:
@@ -140,34 +138,38 @@ def _description(explanation: str, next_stage: str, rejected: str) -> str:
     return f"{head}\n\n{explanation}"
 
 
-def _write_edit(cfg: RunConfig, stage: dict[str, Any], weights: dict[str, float], note: str) -> str:
-    name = f"{stage['next_mixture']}-edited-{weights_digest(weights)}"
-    proposed = stage["proposal"]
+def _write_edit(
+    cfg: RunConfig, proposed: ProposedMixture, stage_run_id: str, weights: dict[str, float], note: str
+) -> str:
+    name = f"{proposed.name}-edited-{weights_digest(weights)}"
     edit = Proposal(
         {k: v for k, v in sorted(weights.items()) if v > 0},
-        proposed["previous"],
+        proposed.previous,
         "edited",
         [f"edited in the Prefect UI (flow run {flow_run.id})" + (f": {note}" if note else "")],
     )
     provenance = {
         "policy": "edited in the Prefect UI",
-        "proposed_mixture": stage["next_mixture"],
-        "proposed_weights": proposed["weights"],
+        "proposed_mixture": proposed.name,
+        "proposed_weights": proposed.weights,
         "prefect_flow_run": str(flow_run.id),
-        "mlflow_runs": {"stage": stage["stage_run_id"]},
+        "mlflow_runs": {"stage": stage_run_id},
     }
-    write_mixture(
-        edit, name=name, generated_dir=generated_dir(cfg.workdir), hand_written_dir=CONF_DIR, provenance=provenance
-    )
+    write_generated_mixture(edit, name, cfg.workdir, provenance)
     return name
 
 
-def record(cfg: RunConfig, stage: dict[str, Any], decision: Decision) -> None:
-    """The decision on the stage run (`rebalance/approval.json`, tag `smollm.approval`)."""
-    tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
-    tracker.log_dict(
-        stage["stage_run_id"],
-        {"how": decision.how, "mixture": decision.mixture, "weights": decision.weights},
-        "rebalance/approval.json",
-    )
-    tracker.set_tags(stage["stage_run_id"], {"smollm.approval": decision.how})
+def approve_next(
+    cfg: RunConfig, stage: StageResult, next_stage: str, tracker: Tracker
+) -> tuple[str | None, StageResult]:
+    """The next stage's mixture after `stage`'s rebalance: its proposal, or — with
+    `rebalance.approval.ask` — what a person decided (None: stop). The decision is recorded on
+    the stage run (`rebalance/approval.json`, tag `smollm.approval`) and in the stage's result."""
+    assert stage.proposal is not None  # the lineage asks only after a rebalance
+    if not cfg.rebalance.approval.ask:
+        return stage.proposal.name, stage
+    decision = ask(cfg, stage.proposal, stage.stage_run_id, next_stage)
+    record = {"how": decision.how, "mixture": decision.mixture, "weights": decision.weights}
+    tracker.log_dict(stage.stage_run_id, record, "rebalance/approval.json")
+    tracker.set_tags(stage.stage_run_id, {"smollm.approval": decision.how})
+    return decision.mixture, replace(stage, approval={"how": decision.how, "mixture": decision.mixture})

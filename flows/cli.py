@@ -20,54 +20,53 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from flows.compose import CONF_DIR, compose, generated_dir
+from flows.compose import compose, generated_dir
 from smollm.config import ConfigError
+from smollm.results import PipelineResult, SweepResult
 from smollm.schema import to_dict
+from smollm.sweep import format_table
 
 
-def report(result: dict[str, Any]) -> str:
+def report(result: PipelineResult) -> str:
     """What a user reads after a run: per-stage numbers and where everything is."""
-    lines = [f"pipeline {result['pipeline']} finished", ""]
+    lines = [f"pipeline {result.pipeline} finished", ""]
     lines.append(f"{'stage':<10}{'trained':>9}{'tokens':>11}{'loss first->last':>20}  categories")
-    for stage in result["stages"]:
-        s = stage["summary"]
-        cats = {k.split("/")[-1]: round(v, 3) for k, v in stage["evals"].items() if k.startswith("eval/category/")}
+    for stage in result.stages:
+        s = stage.summary
+        cats = {k.split("/")[-1]: round(v, 3) for k, v in stage.evals.items() if k.startswith("eval/category/")}
         loss = f"{s['first_loss']:.3f}->{s['last_loss']:.3f}"
-        lines.append(f"{stage['stage']:<10}{str(stage['trained']):>9}{stage['tokens_seen']:>11}{loss:>20}  {cats}")
-    uri = result["tracking_uri"]
+        lines.append(f"{stage.stage:<10}{str(stage.trained):>9}{stage.tokens_seen:>11}{loss:>20}  {cats}")
     lines += [
         "",
-        f"work dir:          {result['workdir']}",
-        f"generated mixtures: {generated_dir(result['workdir']) / 'mixture'}",
-        f"MLflow store:      {uri}  (pipeline run {result['pipeline_run_id']})",
+        f"work dir:          {result.workdir}",
+        f"generated mixtures: {generated_dir(result.workdir) / 'mixture'}",
+        f"MLflow store:      {result.tracking_uri}  (pipeline run {result.pipeline_run_id})",
         "open the MLflow and Prefect UIs: make serve   (then http://127.0.0.1:5000, http://127.0.0.1:4200)",
     ]
     return "\n".join(lines)
 
 
-def sweep_report(result: dict[str, Any]) -> str:
+def sweep_report(result: SweepResult) -> str:
     """The sweep's summary table and where its records are."""
-    from smollm.sweep import format_table
-
-    trained = ", ".join(result["trained"]) or "nothing (every member was complete)"
+    trained = ", ".join(result.trained) or "nothing (every member was complete)"
     return "\n".join(
         [
-            f"{result['kind']} sweep {result['sweep_id']}: {len(result['members'])} members, trained {trained}",
+            f"{result.kind} sweep {result.sweep_id}: {len(result.members)} members, trained {trained}",
             "",
-            format_table(result["rows"]),
+            format_table(result.rows),
             "",
-            f"summary and chart: {result['folder']}",
-            f"MLflow store:      {result['tracking_uri']}  (sweep run {result['sweep_run_id']})",
+            f"summary and chart: {result.folder}",
+            f"MLflow store:      {result.tracking_uri}  (sweep run {result.sweep_run_id})",
         ]
     )
 
 
 def run_sweep(kind: str, overrides: list[str], *, multirun: bool) -> int:
+    from flows.compose import split_multirun
     from flows.launchers import with_launcher
     from flows.runtime import embedded_settings
-    from flows.sweep import member_specs, split_multirun, sweep_flow
+    from flows.sweep import member_specs, sweep_flow
 
     common, members = split_multirun(overrides, multirun=multirun, kind=kind)
     common = with_launcher(common)  # hydra/launcher=submitit_slurm: the members go to that launcher
@@ -82,7 +81,7 @@ def offline_rebalance(command: str, run_id: str, policy: str | None, overrides: 
     """`smollm rebalance` / `smollm replay`: a policy on the inputs recorded in MLflow."""
     from pathlib import Path
 
-    from smollm.rebalance import write_mixture
+    from smollm.rebalance import write_generated_mixture
     from smollm.rebalance.write import weights_digest
     from smollm.replay import format_replay, recorded_decisions, replay
     from smollm.tracking import make_tracker
@@ -102,13 +101,7 @@ def offline_rebalance(command: str, run_id: str, policy: str | None, overrides: 
         if write:
             name = f"offline-{row['next_stage']}-{proposal.policy}-{weights_digest(proposal.weights)}"
             provenance = {"policy": proposal.policy, "from_stage_run": row["run_id"], "offline": True}
-            path = write_mixture(
-                proposal,
-                name=name,
-                generated_dir=generated_dir(cfg.workdir),
-                hand_written_dir=CONF_DIR,
-                provenance=provenance,
-            )
+            path = write_generated_mixture(proposal, name, cfg.workdir, provenance)
             print(f"\nwritten: {path}  (use it with mixture={name})")
     return 0
 
@@ -124,7 +117,8 @@ def print_plan(overrides: list[str], *, as_json: bool) -> int:
     return 1 if plan.errors else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand each, all taking Hydra overrides."""
     parser = argparse.ArgumentParser(
         prog="smollm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -150,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--policy", help="a conf/rebalance option (default: the recorded policy)")
         if name == "rebalance":
             cmd.add_argument("--write", action="store_true", help="write the proposal as a generated mixture")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         if args.command in ("anneal", "ablate"):
             return run_sweep(args.command, args.overrides, multirun=args.multirun)

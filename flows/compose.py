@@ -1,12 +1,14 @@
-"""Compose Hydra configs into typed `RunConfig`s: the only place that touches Hydra.
+"""Hydra, behind one module: composition into typed `RunConfig`s, the pipeline's lineage,
+multirun parsing (Hydra's own sweeper) and Hydra's launcher plugins for sweep members.
 
 The generated-config folder (`<workdir>/generated_conf`, where rebalancing writes mixtures) is
 put on Hydra's search path, so `mixture=<generated name>` composes like a hand-written one.
 A mixture may `include` other mixtures at a share (e.g. 60% of the stage-4 mixture); they are
 flattened here into plain weights. A stage's `overrides` are composed into that stage's config.
 
-    >>> from flows.compose import compose
+    >>> from flows.compose import compose, compose_lineage
     >>> cfg = compose(["pipeline=demo", "train.seed=3"])
+    >>> stages = compose_lineage(["pipeline=demo"]).walk()   # each stage composed once
 """
 
 from __future__ import annotations
@@ -17,19 +19,20 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from smollm.config import RunConfig, load_run_config
+from smollm.lineage import Lineage
+from smollm.rebalance import CONF_DIR, generated_dir
+from smollm.runs import run_member_job
 from smollm.schema import ConfigError
+from smollm.sweep import MEMBER_KEYS
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+__all__ = ["CONF_DIR", "compose", "compose_dict", "compose_lineage", "generated_dir", "split_multirun"]
 
 
 ENV = ("SMOLLM_WORKDIR", "MLFLOW_TRACKING_URI")
 """Environment variables the configs read (`oc.env`): part of the composition cache's key."""
-
-
-def generated_dir(workdir: str | Path) -> Path:
-    return Path(workdir).resolve() / "generated_conf"
 
 
 def _workdir_of(overrides: Sequence[str]) -> str:
@@ -189,24 +192,147 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> RunCo
     return load_run_config(compose_dict(overrides, config_name))
 
 
-def compose_stage(overrides: Sequence[str], stage_index: int, mixture: str) -> RunConfig:
-    """The config of one pipeline stage: the user's overrides, the stage's own, its mixture."""
-    pipeline = compose(overrides).pipeline
-    if not 0 <= stage_index < len(pipeline.stages):
-        raise ValueError(f"stage_index: must be in [0, {len(pipeline.stages)}), got {stage_index}")
-    stage = pipeline.stages[stage_index]
+def compose_stage(overrides: Sequence[str], top: RunConfig, index: int, mixture: str) -> RunConfig:
+    """Stage `index` of the pipeline `top` (composed from `overrides`): the user's overrides,
+    the stage's own, its mixture."""
+    stage = top.pipeline.stages[index]
     try:
         return compose([*overrides, *stage.overrides, f"mixture={mixture}"])
     except ConfigError as err:
         raise ConfigError(f"pipeline.stages.{stage.name} (with its overrides): {err}") from None
 
 
-def compose_pipeline(overrides: Sequence[str] = ()) -> list[RunConfig]:
-    """Every stage's config, validated up front; a stage whose mixture a rebalance will write is
-    composed with the mixture before it (the estimate; the real one exists once that ran)."""
-    stages = compose(overrides).pipeline.stages
-    configs: list[RunConfig] = []
-    for index, stage in enumerate(stages):
-        mixture = stage.mixture or configs[index - 1].mixture.name
-        configs.append(compose_stage(overrides, index, mixture))
-    return configs
+def compose_lineage(overrides: Sequence[str] = ()) -> Lineage:
+    """The pipeline's lineage: each stage composed once, when the lineage reaches it."""
+    overrides = list(overrides)
+    top = compose(overrides)
+    return Lineage(top, lambda index, mixture: compose_stage(overrides, top, index, mixture), tuple(overrides))
+
+
+# --- multirun ----------------------------------------------------------------------------------
+
+
+def split_multirun(overrides: list[str], *, multirun: bool, kind: str) -> tuple[list[str], list[list[str]]]:
+    """Hydra's sweep syntax -> (common overrides, one override list per member).
+
+    Parsed by Hydra's override parser and expanded by its `BasicSweeper` (the cartesian product
+    of every swept key, with the config's `hydra.sweeper.params` for keys not given here). The
+    member settings (`MEMBER_KEYS`) are member axes even when they take a single value.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except Exception as err:  # Hydra's OverrideParseException
+        raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
+    swept = [o for o in parsed if o.is_sweep_override()]
+    if swept and not multirun:
+        raise ConfigError(f"{swept[0].input_line}: sweeps several values; add -m (--multirun)")
+    common = [o.input_line for o in parsed if not o.is_sweep_override() and o.key_or_group not in MEMBER_KEYS]
+    axes = [o for o in parsed if o.is_sweep_override() or o.key_or_group in MEMBER_KEYS]
+    if multirun:
+        given = {o.key_or_group for o in axes}
+        declared = declared_sweep_params(common)
+        extra = [f"{key}={value}" for key, value in declared.items() if key not in given]
+        axes += parser.parse_overrides(extra)
+    if not axes:
+        return common, [[]]
+    batches = BasicSweeper.split_arguments(axes, max_batch_size=None)
+    members = [list(job) for batch in batches for job in batch]
+    if kind == "anneal" and any(key.startswith("mixture") for job in members for key in job):
+        raise ConfigError("mixture: an annealing sweep builds each member's mixture; sweep anneal.candidate instead")
+    return common, members
+
+
+def parse_override(text: str) -> Any:
+    """One override, parsed by Hydra (`flows/untrusted.py` checks what it sets); `ConfigError` if
+    it is not one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_override(text)
+    except HydraException as err:
+        raise ConfigError(f"{text!r} is not a Hydra override: {err}") from None
+
+
+# --- Hydra launchers ---------------------------------------------------------------------------
+
+LAUNCHER_GROUP = "hydra/launcher"
+
+
+class MemberTask:
+    """Hydra's task function: job number i runs member job i (`MemberJob`'s JSON form). A plain
+    class, so submitit can pickle it (with the launcher) into each Slurm job."""
+
+    def __init__(self, jobs: list[dict[str, Any]]) -> None:
+        self.jobs = jobs
+
+    def __call__(self, cfg: Any) -> dict[str, Any]:
+        from hydra.core.hydra_config import HydraConfig
+
+        return run_member_job(self.jobs[HydraConfig.get().job.num])
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def launcher_config(overrides: list[str], sweep_dir: Path, job_name: str):
+    """The composed config with its `hydra` node, as a multirun's master config: our defaults
+    (no chdir, no logging setup in the caller's process, the sweep dir) unless overridden."""
+    from hydra import compose as hydra_compose
+
+    given = {_key(o) for o in overrides}
+    defaults = {
+        "hydra.sweep.dir": f"'{sweep_dir}'",
+        "hydra.job.name": job_name,
+        "hydra.job.chdir": "false",
+        "hydra/job_logging": "none",
+        "hydra/hydra_logging": "none",
+    }
+    _initialise_hydra()
+    return hydra_compose(
+        config_name="config",
+        overrides=[
+            *map(normalise_override, overrides),
+            *(f"{k}={v}" for k, v in defaults.items() if k not in given),
+            *search_path(generated_dir(_workdir_of(overrides))),
+        ],
+        return_hydra_config=True,
+    )
+
+
+def hydra_launch(
+    overrides: list[str], jobs: dict[str, dict[str, Any]], sweep_dir: Path, job_name: str
+) -> dict[str, dict[str, Any]]:
+    """Every member job (JSON) as one job of the Hydra launcher `overrides` select; their results
+    (JSON) by name. Job folders go to `sweep_dir` unless `hydra.sweep.dir` is given."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra.core.utils import JobStatus
+    from hydra.types import HydraContext
+    from omegaconf import OmegaConf
+
+    names = list(jobs)
+    cfg = launcher_config(overrides, sweep_dir, job_name)
+    choice = cfg.hydra.runtime.choices.get(LAUNCHER_GROUP)
+    context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(cfg))
+    launcher = Plugins.instance().instantiate_launcher(
+        hydra_context=context, task_function=MemberTask([jobs[n] for n in names]), config=cfg
+    )
+    task_overrides = list(OmegaConf.to_container(cfg.hydra.overrides.task))
+    per_job = [[*task_overrides, *map(normalise_override, jobs[n]["overrides"])] for n in names]
+    print(f"{len(names)} members to Hydra's {choice} launcher; job folders in {cfg.hydra.sweep.dir}")
+    try:
+        returns = launcher.launch(per_job, initial_job_idx=0)
+    except Exception as err:  # e.g. submitit's UncompletedJobError: the job itself died
+        raise RuntimeError(f"Hydra's {choice} launcher failed on {names}: {err}") from err
+    failed = {n: r._return_value for n, r in zip(names, returns, strict=True) if r.status != JobStatus.COMPLETED}
+    if failed:  # the members that completed are complete steps: a relaunch reuses them
+        errors = "; ".join(f"sweep member {n}: its {choice} job failed: {e!r}" for n, e in failed.items())
+        raise RuntimeError(errors) from next(iter(failed.values()))
+    return {name: ret.return_value for name, ret in zip(names, returns, strict=True)}

@@ -2,88 +2,79 @@
 
     python -m flows.pipeline pipeline=demo train.seed=3      # or: smollm run pipeline=demo
 
-Stage k+1 composes the mixture file that stage k's rebalance wrote (after a person approved or
-edited it in the Prefect UI, with `rebalance.approval.ask=true`), trains from stage k's
-checkpoint (or, with `init_from`/`init_at_tokens`, from an earlier stage's, at a point inside
-it), and so on. Completed steps are skipped, so a re-run only re-reads and re-logs.
+It composes the pipeline's lineage once (`smollm.lineage`), plans it (every stage valid, no
+source past its epoch cap), then walks it: stage k+1 trains on the mixture stage k's rebalance
+wrote (after a person approved or edited it in the Prefect UI, with
+`rebalance.approval.ask=true`), from stage k's checkpoint (or, with `init_from`/
+`init_at_tokens`, from an earlier stage's, at a point inside it). Completed steps are skipped,
+so a re-run only re-reads and re-logs.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.approval import ask, record
-from flows.compose import compose
+from flows.approval import approve_next
+from flows.compose import compose_lineage
 from flows.plan import preflight
-from flows.stage import choose_mixture, stage_flow, start_point
-from smollm.runs import start_config_run
-from smollm.tracking import make_tracker, tracking_uri
+from flows.stage import stage_flow
+from smollm.lineage import Lineage, StageNode
+from smollm.results import PipelineResult, StageResult
+from smollm.runs import tracked_run
+from smollm.tracking import Tracker, make_tracker, tracking_uri
 
 
 @flow(name="smollm-pipeline", log_prints=True)
-def pipeline_flow(overrides: list[str] | None = None, through: str | None = None) -> dict[str, Any]:
+def pipeline_flow(overrides: list[str] | None = None, through: str | None = None) -> PipelineResult:
     """Run every stage of the composed pipeline (or those up to and including the stage named
     `through`); returns each stage flow's result."""
-    overrides = list(overrides or [])
-    plan = preflight(overrides)  # every stage's config valid, no source past its epoch cap
+    lineage = compose_lineage(list(overrides or []))
+    plan = preflight(lineage)
     for warning in plan.warnings:
         print(f"warning: {warning}")
-    cfg = compose(overrides)
-    names = [stage.name for stage in cfg.pipeline.stages]
-    if through is not None and through not in names:
-        raise ValueError(f"through: {through!r} is not a stage of pipeline {cfg.pipeline.name!r} ({', '.join(names)})")
-    tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
-    run_id = start_config_run(
-        tracker, cfg, f"pipeline/{cfg.pipeline.name}", "pipeline", parent_run_id=None, flow_run_id=flow_run.id
-    )
-    stages: list[dict[str, Any]] = []
+    top = lineage.top
+    last = lineage.num_stages - 1 if through is None else lineage.index(through)
+    tracker = make_tracker(top.tracking, Path(top.workdir))
+    stages: list[StageResult] = []
     stopped = None
-    try:
-        for index, stage in enumerate(cfg.pipeline.stages):
-            previous = stages[-1] if stages else None
-            mixture = choose_mixture(stage.mixture, index, previous)
-            if previous is not None and stage.mixture is None and cfg.rebalance.approval.ask:
-                decision = ask(cfg, previous, stage.name)
-                record(cfg, previous, decision)
-                previous["approval"] = {"how": decision.how, "mixture": decision.mixture}
-                if decision.mixture is None:
-                    stopped = f"before {stage.name}: the proposed mixture was not approved ({decision.how})"
-                    print(f"pipeline stopped {stopped}")
-                    break
-                mixture = decision.mixture
-            print(f"stage {index + 1}/{len(cfg.pipeline.stages)}: {stage.name}")
-            parent = cfg.pipeline.parent(index)
-            start = None if parent is None else start_point(stages[parent], stage.init_at_tokens)
-            result = stage_flow(
-                overrides=overrides,
-                stage_index=index,
-                mixture=mixture,
-                previous=previous,
-                pipeline_run_id=run_id,
-                start=start,
-            )
-            stages.append(result)
-            if stage.name == through:
+    name = f"pipeline/{top.pipeline.name}"
+    with tracked_run(tracker, top, name, "pipeline", parent_run_id=None, flow_run_id=flow_run.id) as run_id:
+        for index in range(last + 1):
+            node = next_node(lineage, index, stages, tracker)
+            if node is None:
+                how = (stages[-1].approval or {}).get("how")
+                stopped = f"before {top.pipeline.stages[index].name}: the proposed mixture was not approved ({how})"
+                print(f"pipeline stopped {stopped}")
                 break
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
-        raise
-    if stopped:
-        tracker.set_tags(run_id, {"smollm.stopped": stopped})
-    tracker.end_run(run_id)
-    return {
-        "pipeline": cfg.pipeline.name,
-        "pipeline_run_id": run_id,
-        "workdir": cfg.workdir,
-        "tracking_uri": tracking_uri(cfg.tracking, Path(cfg.workdir)),
-        "stages": stages,
-        "stopped": stopped,
-    }
+            print(f"stage {index + 1}/{lineage.num_stages}: {node.name}")
+            parent = node.start.parent
+            origin, trained = (None, None) if parent is None else (lineage.nodes[parent], stages[parent])
+            stages.append(stage_flow(node, origin, trained, stages[-1] if stages else None, run_id))
+        if stopped:
+            tracker.set_tags(run_id, {"smollm.stopped": stopped})
+    return PipelineResult(
+        pipeline=top.pipeline.name,
+        pipeline_run_id=run_id,
+        workdir=top.workdir,
+        tracking_uri=tracking_uri(top.tracking, Path(top.workdir)),
+        stages=stages,
+        stopped=stopped,
+    )
+
+
+def next_node(lineage: Lineage, index: int, stages: list[StageResult], tracker: Tracker) -> StageNode | None:
+    """Stage `index` of the lineage: on its declared mixture, or on the one the rebalance after the
+    stage before proposed (approved or edited by a person, recorded in `stages[-1]`); None when
+    the proposal was not approved."""
+    stage = lineage.top.pipeline.stages[index]
+    if stage.mixture is not None:
+        return lineage.extend() if index == len(lineage.nodes) else lineage.nodes[index]
+    mixture, stages[-1] = approve_next(lineage.top, stages[-1], stage.name, tracker)
+    return None if mixture is None else lineage.decide(index, mixture)
 
 
 if __name__ == "__main__":

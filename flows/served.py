@@ -3,7 +3,7 @@
     python -m flows.served      # registers the three deployments and runs what is triggered
 
 (`make serve` starts it next to a Prefect and an MLflow server; in docker-compose it is the
-worker.) Each deployment's parameters render as a form whose defaults run the embedded demo
+worker.) Each returns its result's JSON form (`smollm.results`). Each deployment's parameters render as a form whose defaults run the embedded demo
 ("Quick run"): pipeline and stage names are choices read from `conf/pipeline/`, numbers are
 range-checked, and `overrides` is a list of extra Hydra overrides checked against an allow-list
 (`flows/untrusted.py`) before anything is composed: a rejected one fails the run, naming it.
@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from prefect import flow
 from pydantic import Field
 
-from flows.compose import CONF_DIR, compose, compose_dict, declared_sweep_params, generated_dir
+from flows.compose import CONF_DIR, compose, compose_dict, compose_lineage, declared_sweep_params, generated_dir
 from flows.pipeline import pipeline_flow
 from flows.stage import stage_flow
 from flows.sweep import sweep_flow
@@ -99,11 +99,11 @@ def run_stage(
     budget = f"pipeline.stages.{index}.train_tokens"
     run = checked(pipeline, list(overrides or []), **{"train.seed": seed, budget: train_tokens})
     if index == 0:
-        return stage_flow(overrides=run, stage_index=0)
+        return stage_flow(compose_lineage(run).extend()).to_dict()
     result = pipeline_flow(overrides=run, through=stage)
-    if result["stopped"]:
-        raise RuntimeError(f"stage: {stage} did not run, the pipeline stopped {result['stopped']}")
-    return result["stages"][-1]
+    if result.stopped:
+        raise RuntimeError(f"stage: {stage} did not run, the pipeline stopped {result.stopped}")
+    return result.stages[-1].to_dict()
 
 
 @flow(name="smollm-run-pipeline", log_prints=True)
@@ -124,7 +124,7 @@ def run_pipeline(
             (allow-listed keys only: flows/untrusted.py).
     """
     run = checked(pipeline, list(overrides or []), **{"train.seed": seed, "rebalance.approval.ask": ask_approval})
-    return pipeline_flow(overrides=run)
+    return pipeline_flow(overrides=run).to_dict()
 
 
 @flow(name="smollm-run-sweep", log_prints=True)
@@ -172,7 +172,7 @@ def run_sweep(
         train_tokens=train_tokens,
         max_concurrency=max_concurrency,
         overrides=run,
-    )
+    ).to_dict()
 
 
 DEPLOYMENTS = {"stage": run_stage, "pipeline": run_pipeline, "sweep": run_sweep}

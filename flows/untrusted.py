@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from flows.compose import parse_override
 from smollm.schema import ConfigError
 
 GROUPS = ("model", "mixture", "train", "eval", "rebalance", "anneal", "ablate", "plan")
@@ -69,18 +70,14 @@ def check_overrides(overrides: Sequence[str], workdir: str | Path, conf_dirs: It
 
     `conf_dirs`: folders whose `<group>/<name>.yaml` files are the configs a group choice may pick.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
     folders = list(conf_dirs)
     for index, text in enumerate(overrides):
         if not isinstance(text, str):
             raise ConfigError(f"overrides[{index}]: must be a string 'key=value', got {text!r}")
         try:
-            override = parser.parse_override(text)
-        except HydraException as err:
-            raise ConfigError(f"overrides[{index}]: {text!r} is not a Hydra override: {err}") from None
+            override = parse_override(text)
+        except ConfigError as err:
+            raise ConfigError(f"overrides[{index}]: {err}") from None
         reason = _reason(override, Path(workdir).resolve(), folders)
         if reason:
             raise ConfigError(f"overrides[{index}]: {text!r} is rejected: {reason}")
@@ -88,14 +85,12 @@ def check_overrides(overrides: Sequence[str], workdir: str | Path, conf_dirs: It
 
 
 def _reason(override: Any, workdir: Path, folders: list[Path]) -> str | None:
-    from hydra.core.override_parser.types import OverrideType
-
     key: str = override.key_or_group
     if "_target_" in key or any("_target_" in s for s in _strings(override.value())):
         return "_target_ may not be set from a run's parameters"
     if key == "hydra" or key.startswith(("hydra.", "hydra/")) or override.package is not None:
         return "hydra.* may not be set from a run's parameters"
-    if override.type == OverrideType.DEL:
+    if override.is_delete():
         return "deleting a key (~) is not allowed"
     if override.is_sweep_override():
         return "a sweep (a,b or choice/range) is not allowed in one run; use the sweep deployment"

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from smollm.evaluation.suite import EvalSuite
 from smollm.schema import ConfigError, check, from_dict
 
 
@@ -721,7 +722,7 @@ class RunConfig:
     mixture: MixtureConfig
     train: TrainConfig
     eval: dict[str, Any]
-    """The evaluation suite; typed by `smollm.evaluation.EvalSuite` (checked in `validate`)."""
+    """The evaluation suite; typed by `EvalSuite` (`eval_suite`, checked by `load_run_config`)."""
     tracking: TrackingConfig
     rebalance: RebalanceConfig
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -785,9 +786,7 @@ class RunConfig:
                 )
 
     @property
-    def eval_suite(self) -> Any:
-        from smollm.evaluation import EvalSuite
-
+    def eval_suite(self) -> EvalSuite:
         try:
             return EvalSuite.from_dict(self.eval)
         except ValueError as err:

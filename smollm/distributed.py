@@ -1,16 +1,17 @@
-"""Multi-process training with torch.distributed: the same trainer, the same configs, under `torchrun`.
+"""torch.distributed primitives the trainer runs on: this process's place among the training
+processes, the model wrapper (DDP or FSDP2), whole-model/one-process optimizer states, and
+torch's launcher.
 
-`train.processes: N` (N > 1) makes a stage's training step run
+With `train.processes: N` (N > 1) `smollm.train.train_stage` writes the stage run to a job file
+and `launch` runs
 
-    python -m torch.distributed.run --standalone --nproc-per-node N -m smollm.distributed <job.json>
+    python -m torch.distributed.run --standalone --nproc-per-node N -m smollm.torchrun <job.json>
 
-(torch's own launcher; on a cluster, run the same module under `torchrun --nnodes ...` or Slurm's
-`srun torchrun ...`). Every process opens the same sources and draws the same micro-batches, in
-the same order as one process would; process r trains on micro-batches r, r + N, r + 2N, ...
-of each step and DDP (or FSDP2) averages the gradients, so a step is the one-process step up to
-float reduction order. Only rank 0 writes checkpoints, the summary and the loss record, and
-logs to MLflow; the others wait at a barrier where it writes. The backend is gloo on CPU and
-NCCL on GPUs.
+(torch's own launcher; on a cluster, run the same module under `torchrun --nnodes ...` or
+Slurm's `srun torchrun ...`). With one process every helper is the plain single-process
+operation. The backend is gloo on CPU and NCCL on GPUs. Nothing here knows the trainer:
+`smollm.train` builds on this module, and the torchrun entry `smollm.torchrun` (above both)
+builds the trainer in each process.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smollm.config import MixtureConfig, ModelConfig, StageConfig, TrackingConfig, TrainConfig
-from smollm.schema import from_dict, to_dict
+from smollm.config import TrackingConfig
+from smollm.schema import to_dict
+
+STAGE_RUN_PATHS = ("init_checkpoint", "resume_dir", "resume_from")
+"""The optional paths of a `smollm.train.StageRun`."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,13 @@ class World:
             if torch.cuda.is_available():
                 torch.cuda.set_device(self.local_rank)
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+    def close(self) -> None:
+        """Leave the process group (the counterpart of `init`)."""
+        if self.size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
     def device(self):
         """This process's GPU (by local rank) if there is one, else the CPU."""
@@ -151,9 +162,9 @@ def load_states(model, optimizer, weights: dict[str, Any] | None, state: dict[st
     set_optimizer_state_dict(model, optimizer, by_name, options=options)
 
 
-def job(run, output: Path, tracking: TrackingConfig | None, workdir: Path, run_id: str | None) -> dict[str, Any]:
-    """What the torchrun processes are told: the stage run, where it goes, where rank 0 logs."""
-    paths = ("init_checkpoint", "resume_dir", "resume_from")
+def job(run: Any, output: Path, tracking: TrackingConfig | None, workdir: Path, run_id: str | None) -> dict[str, Any]:
+    """What the torchrun processes are told: the stage run (a `smollm.train.StageRun`), where it
+    goes, where rank 0 logs."""
     return {
         "run": {
             "model": to_dict(run.model),
@@ -162,7 +173,7 @@ def job(run, output: Path, tracking: TrackingConfig | None, workdir: Path, run_i
             "mixture": to_dict(run.mixture),
             "sources": {name: str(path) for name, path in run.sources.items()},
             "tokenizer_dir": str(run.tokenizer_dir),
-            **{key: None if getattr(run, key) is None else str(getattr(run, key)) for key in paths},
+            **{key: None if getattr(run, key) is None else str(getattr(run, key)) for key in STAGE_RUN_PATHS},
             "stop_at_tokens": run.stop_at_tokens,
         },
         "output": str(output),
@@ -173,7 +184,7 @@ def job(run, output: Path, tracking: TrackingConfig | None, workdir: Path, run_i
 
 
 def torchrun_command(processes: int, job_file: Path) -> list[str]:
-    """torch's launcher (`torchrun`) on this node, running this module on `job_file`."""
+    """torch's launcher (`torchrun`) on this node, running the torchrun entry on `job_file`."""
     return [
         sys.executable,
         "-m",
@@ -181,12 +192,14 @@ def torchrun_command(processes: int, job_file: Path) -> list[str]:
         "--standalone",
         f"--nproc-per-node={processes}",
         "-m",
-        "smollm.distributed",
+        "smollm.torchrun",
         str(job_file),
     ]
 
 
-def launch(run, output: Path, tracking: TrackingConfig | None, workdir: Path, run_id: str | None) -> dict[str, Any]:
+def launch(
+    run: Any, output: Path, tracking: TrackingConfig | None, workdir: Path, run_id: str | None
+) -> dict[str, Any]:
     """Train `run` into `output` with `run.train.processes` processes under torchrun; its summary."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="smollm-job-", delete=False) as handle:
         json.dump(job(run, output, tracking, workdir, run_id), handle)
@@ -199,46 +212,3 @@ def launch(run, output: Path, tracking: TrackingConfig | None, workdir: Path, ru
         tail = "\n".join(done.stdout.splitlines()[-30:])
         raise RuntimeError(f"train.processes={run.train.processes}: torchrun exited {done.returncode}:\n{tail}")
     return json.loads((output / "summary.json").read_text())
-
-
-def _stage_run(data: dict[str, Any]):
-    from smollm.train import StageRun
-
-    paths = {
-        key: None if data[key] is None else Path(data[key]) for key in ("init_checkpoint", "resume_dir", "resume_from")
-    }
-    return StageRun(
-        model=from_dict(ModelConfig, data["model"]),
-        train=from_dict(TrainConfig, data["train"]),
-        stage=from_dict(StageConfig, data["stage"]),
-        mixture=from_dict(MixtureConfig, data["mixture"]),
-        sources={name: Path(path) for name, path in data["sources"].items()},
-        tokenizer_dir=Path(data["tokenizer_dir"]),
-        stop_at_tokens=data["stop_at_tokens"],
-        **paths,
-    )
-
-
-def main() -> None:
-    """One torchrun process: train the job's stage (rank 0 logs to the job's MLflow run)."""
-    from smollm.tracking import NullTracker, Tracker, make_tracker
-    from smollm.train import Trainer
-
-    job = json.loads(Path(sys.argv[1]).read_text())
-    world = World.current()
-    world.init()
-    tracker: Tracker = NullTracker()
-    if world.main and job["tracking"] is not None:
-        tracker = make_tracker(from_dict(TrackingConfig, job["tracking"]), Path(job["workdir"]))
-    try:
-        Trainer(_stage_run(job["run"]), tracker, job["run_id"] if world.main else None).run_to_end(Path(job["output"]))
-        tracker.flush()  # the run itself is ended by the process that launched torchrun
-    finally:
-        if world.size > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """What a pipeline would run and cost, computed from configs alone: no download, no compute.
 
-For every stage: its steps (kind, name, identity, output folder, complete or not — the same
-`Step`s `smollm.stage` runs), its tokens, the tokens and cumulative epochs per source (with a
+It walks the same `smollm.lineage.Lineage` as a run: for every stage its steps (kind, name,
+identity, output folder, complete or not — the steps the run executes), its tokens, the tokens and cumulative epochs per source (with a
 warning past `plan.warn_epochs` and an error past a source's `max_epochs`), its training FLOPs
 and the GPU-hours they take at `plan.mfu` of `plan.peak_flops`.
 
@@ -17,17 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from smollm.config import ModelConfig, RunConfig, SourceConfig
-from smollm.stage import (
-    branch_points,
-    eval_step,
-    needed_sources,
-    source_step,
-    token_label,
-    tokenizer_step,
-    train_step,
-    workdir,
-)
-from smollm.steps import Step, StepResult, is_complete
+from smollm.lineage import Lineage, StageNode
+from smollm.model import parameter_count
+from smollm.stage import workdir
+from smollm.steps import Step, is_complete
 
 
 @dataclass(frozen=True)
@@ -118,83 +111,79 @@ def flops_per_token(model: ModelConfig, parameters: int, seq_len: int) -> float:
     return 6.0 * parameters + 12.0 * model.num_layers * model.hidden_size * seq_len
 
 
-def _planned(step: Step, root: Path) -> tuple[PlannedStep, StepResult]:
+def _planned(step: Step, root: Path) -> PlannedStep:
     output = step.output_dir(root)
-    planned = PlannedStep(step.kind, step.name, step.identity, str(output), is_complete(output), list(step.upstream))
-    return planned, StepResult(output, step.identity, computed=False)
+    return PlannedStep(step.kind, step.name, step.identity, str(output), is_complete(output), list(step.upstream))
 
 
-def available_tokens(source: SourceConfig, built: StepResult) -> int | None:
-    """Declared tokens, else the count a complete build measured, else unknown."""
+def known_available_tokens(source: SourceConfig, built: Path) -> int | None:
+    """Declared tokens, else the count a complete build at `built` measured, else unknown."""
     if source.available_tokens is not None:
         return source.available_tokens
-    manifest = built.output / "manifest.json"
-    if is_complete(built.output) and manifest.is_file():
+    manifest = built / "manifest.json"
+    if is_complete(built) and manifest.is_file():
         return int(json.loads(manifest.read_text())["num_tokens"])
     return None
 
 
 @dataclass
-class _Lineage:
-    """Per-stage bookkeeping a later stage starts from."""
+class _Drawn:
+    """Per stage, what a later stage starting from it has drawn before it starts."""
 
-    train: StepResult
     consumed_at_start: dict[str, int]
     weights: dict[str, float]
-    cfg: RunConfig
+    tokens_per_step: int
     tokens: int
     """Trained in whole optimizer steps."""
 
 
-class Planner:
-    """Plans stages in order; `stage()` takes each stage's composed config."""
+def plan_pipeline(lineage: Lineage) -> Plan:
+    """The plan of every stage of `lineage` (walked here: pending mixtures are estimated)."""
+    planner = Planner()
+    for node in lineage.walk():
+        planner.stage(node)
+    return planner.result(lineage.top)
 
-    def __init__(self, parameters: dict[str, int]) -> None:
-        self.parameters = parameters
+
+class Planner:
+    """Plans a lineage's stages in order; `stage()` takes each stage's node."""
+
+    def __init__(self) -> None:
+        self.parameters: dict[str, int] = {}
         """Exact parameter count per model name (`smollm.model.parameter_count`)."""
-        self.lineage: list[_Lineage] = []
+        self.drawn: list[_Drawn] = []
         self.stages: list[StagePlan] = []
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self._reported: set[tuple[str, str]] = set()
-        self.prefixes: dict[tuple[int, int], StepResult] = {}
 
-    def stage(self, cfg: RunConfig, index: int, mixture_note: str = "declared") -> StagePlan:
+    def stage(self, node: StageNode) -> StagePlan:
+        cfg, stage, index = node.cfg, node.stage, node.index
         root = workdir(cfg)
-        stage = cfg.pipeline.stages[index]
-        steps: list[PlannedStep] = []
-        planned, tokenizer = _planned(tokenizer_step(cfg), root)
-        steps.append(planned)
-        sources: dict[str, StepResult] = {}
-        for name in needed_sources(cfg):
-            planned, sources[name] = _planned(source_step(cfg, name, tokenizer), root)
-            steps.append(planned)
-        start, consumed, start_label = self._start(cfg, index)
-        for at_tokens in branch_points(cfg, index):  # prefixes later stages branch from
-            planned, self.prefixes[(index, at_tokens)] = _planned(
-                train_step(cfg, stage, sources, tokenizer, start, at_tokens), root
-            )
-            steps.append(planned)
-        planned, trained = _planned(train_step(cfg, stage, sources, tokenizer, start), root)
-        steps.append(planned)
-        steps.append(_planned(eval_step(cfg, trained, sources), root)[0])
+        steps = [_planned(step, root) for step in node.steps.all()]
+        consumed = self._consumed_at_start(node)
         weights = {k: v for k, v in sorted(cfg.mixture.weights.items()) if v > 0}
         train = cfg.train
         optimizer_steps = stage.train_tokens // train.tokens_per_step
         tokens = optimizer_steps * train.tokens_per_step
-        self.lineage.append(_Lineage(trained, consumed, weights, cfg, tokens))
-        uses = [self._use(cfg, stage.name, name, w, tokens, consumed, sources[name]) for name, w in weights.items()]
+        self.drawn.append(_Drawn(consumed, weights, train.tokens_per_step, tokens))
+        uses = [
+            self._use(cfg, stage.name, name, w, tokens, consumed, node.steps.sources[name].output_dir(root))
+            for name, w in weights.items()
+        ]
         domains: dict[str, float] = {}
         for use in uses:
             domains[use.domain] = round(domains.get(use.domain, 0.0) + use.weight, 12)
+        if cfg.model.name not in self.parameters:
+            self.parameters[cfg.model.name] = parameter_count(cfg.model)
         parameters = self.parameters[cfg.model.name]
         flops = flops_per_token(cfg.model, parameters, train.seq_len) * tokens
         plan = StagePlan(
             index=index,
             name=stage.name,
             mixture=cfg.mixture.name,
-            mixture_note=mixture_note,
-            start=start_label,
+            mixture_note=node.mixture.note,
+            start=node.start.label,
             train_tokens=tokens,
             tokens_per_step=train.tokens_per_step,
             optimizer_steps=optimizer_steps,
@@ -207,38 +196,30 @@ class Planner:
             domains=dict(sorted(domains.items())),
             sources=uses,
             steps=steps,
-            train_identity=trained.identity,
+            train_identity=node.steps.train.identity,
         )
         self.stages.append(plan)
         return plan
 
-    def _start(self, cfg: RunConfig, index: int) -> tuple[StepResult | None, dict, str]:
-        """The checkpoint stage `index` starts from, the tokens drawn per source before it."""
-        stage = cfg.pipeline.stages[index]
-        parent = cfg.pipeline.parent(index)
-        if parent is None:
-            return None, {}, "scratch"
-        origin = self.lineage[parent]
-        parent_stage = origin.cfg.pipeline.stages[parent]
-        if stage.init_at_tokens is None:
-            consumed = _add(origin.consumed_at_start, origin.weights, origin.tokens)
-            return origin.train, consumed, f"{parent_stage.name} (end)"
-        # a branch point inside the parent: the parent's prefix, planned with the parent
-        per_step = origin.cfg.train.tokens_per_step
-        consumed = _add(origin.consumed_at_start, origin.weights, stage.init_at_tokens // per_step * per_step)
-        return (
-            self.prefixes[(parent, stage.init_at_tokens)],
-            consumed,
-            f"{parent_stage.name} at {token_label(stage.init_at_tokens)}",
-        )
+    def _consumed_at_start(self, node: StageNode) -> dict[str, int]:
+        """The tokens drawn per source along the lineage before stage `node` starts."""
+        start = node.start
+        if start.parent is None:
+            return {}
+        origin = self.drawn[start.parent]
+        if start.at_tokens is None:
+            return _add(origin.consumed_at_start, origin.weights, origin.tokens)
+        # a branch point inside the parent: what the parent drew up to it
+        at = start.at_tokens // origin.tokens_per_step * origin.tokens_per_step
+        return _add(origin.consumed_at_start, origin.weights, at)
 
     def _use(
-        self, cfg: RunConfig, stage: str, name: str, weight: float, tokens: int, before: dict, built: StepResult
+        self, cfg: RunConfig, stage: str, name: str, weight: float, tokens: int, before: dict, built: Path
     ) -> SourceUse:
         source = cfg.data.sources[name]
         drawn = round(weight * tokens)
         cumulative = before.get(name, 0) + drawn
-        available = available_tokens(source, built)
+        available = known_available_tokens(source, built)
         epochs = cumulative / available if available else None
         if epochs is None:
             status = "unknown"

@@ -18,7 +18,7 @@ from smollm.tracking import Tracker
 
 
 @dataclass(frozen=True)
-class Decision:
+class RecordedDecision:
     """One recorded rebalance: the stage run it is on, its inputs, its policy and its mixture."""
 
     run_id: str
@@ -28,12 +28,12 @@ class Decision:
     mixture_name: str
 
 
-def recorded_decision(tracker: Tracker, run_id: str) -> Decision | None:
+def recorded_decision(tracker: Tracker, run_id: str) -> RecordedDecision | None:
     inputs = tracker.load_dict(run_id, "rebalance/inputs.json")
     proposal = tracker.load_dict(run_id, "rebalance/proposal.json")
     if inputs is None or proposal is None:
         return None
-    return Decision(
+    return RecordedDecision(
         run_id,
         RebalanceInputs.from_dict(inputs),
         from_dict(RebalanceConfig, proposal["policy"], "rebalance"),
@@ -42,7 +42,7 @@ def recorded_decision(tracker: Tracker, run_id: str) -> Decision | None:
     )
 
 
-def recorded_decisions(tracker: Tracker, run_id: str) -> list[Decision]:
+def recorded_decisions(tracker: Tracker, run_id: str) -> list[RecordedDecision]:
     """The decisions of a pipeline run (its stage runs in order), or of one stage run."""
     own = recorded_decision(tracker, run_id)
     if own is not None:
@@ -54,7 +54,7 @@ def recorded_decisions(tracker: Tracker, run_id: str) -> list[Decision]:
     return decisions
 
 
-def replay(decisions: list[Decision], policy: RebalanceConfig | None = None) -> list[dict[str, Any]]:
+def replay(decisions: list[RecordedDecision], policy: RebalanceConfig | None = None) -> list[dict[str, Any]]:
     """Each decision re-made by `policy` (default: the one recorded with it)."""
     rows = []
     for decision in decisions:

@@ -1,8 +1,11 @@
-"""The steps of a stage as plain functions: build tokenizer, build sources, train, evaluate.
+"""The steps of a stage: their definitions (`tokenizer_step`, `source_step`, `training_step`,
+`eval_step`) and the functions that run them (`prepare_tokenizer`, `build_source`, `train`,
+`evaluate`).
 
-Each function declares its `Step` (config slice + upstream identities + code) and runs it through
-`steps.run_step`, so a complete output is reused across processes and flow runs. Prefect tasks
-(`tasks/`) wrap these one to one; benchmarks and tests call them directly.
+Each definition is a `Step` (config slice + upstream identities + code); `smollm.lineage`
+builds a pipeline's DAG from them, and each runner goes through `steps.run_step`, so a complete
+output is reused across processes and flow runs. The tasks of `tasks/` run these (with their
+MLflow records from `smollm.runs`); benchmarks and tests call them directly.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ def tokenizer_step(cfg: RunConfig) -> Step:
     return Step("tokenizer", cfg.tokenizer.name, config, code=("smollm.data.tokenizer", "smollm.data.sources"))
 
 
-def build_tokenizer(cfg: RunConfig) -> StepResult:
+def prepare_tokenizer(cfg: RunConfig) -> StepResult:
     from smollm.data.tokenizer import build_tokenizer as build
 
     sources = [cfg.data.sources[name] for name in sorted(cfg.data.sources)]
@@ -127,7 +130,7 @@ def build_source(cfg: RunConfig, name: str, tokenizer: StepResult) -> StepResult
     )
 
 
-def train_step(
+def training_step(
     cfg: RunConfig,
     stage: StageConfig,
     sources: dict[str, StepResult],
@@ -216,7 +219,7 @@ def train(
     tokens; it does not enter the identity (the result is the same either way)."""
     from smollm.train import StageRun, train_stage
 
-    step = train_step(cfg, stage, sources, tokenizer, previous, stop_at_tokens)
+    step = training_step(cfg, stage, sources, tokenizer, previous, stop_at_tokens)
     output = step.output_dir(workdir(cfg))
     resume_dir = output.with_name(f".resume-{output.name}")
     run = StageRun(
@@ -255,7 +258,8 @@ def eval_step(cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepRes
 
 def evaluate(cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult]) -> tuple[StepResult, Any]:
     """Evaluate a checkpoint on the suite with lighteval; reuse complete results."""
-    from smollm.evaluation import EvalResult, evaluate_checkpoint
+    from smollm.evaluation.lighteval_backend import evaluate_checkpoint
+    from smollm.evaluation.result import EvalResult
 
     heldout = {name: result.output / "heldout.jsonl" for name, result in sources.items()}
     result = run_step(

@@ -1,9 +1,10 @@
-"""Step identity and atomic, skippable step outputs (DESIGN.md §3).
+"""Step identity and atomic, skippable step outputs.
 
 A step is a kind, a name, a JSON config slice, its upstream steps' identities and the source of
 the code that computes it. Its identity is a content hash of exactly those; its output lives at
 `<workdir>/<kind>/<name>-<hash>`, built in a temporary folder, fsynced, renamed into place, with a
-completion marker inside. A complete output is never rebuilt, across processes and flow runs.
+completion marker inside. A complete output is never rebuilt, across processes and flow runs
+(`docs/architecture.md`, "Step identity and caching").
 """
 
 from __future__ import annotations

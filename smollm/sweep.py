@@ -18,6 +18,8 @@ from typing import Any, Literal
 Kind = Literal["anneal", "ablate"]
 KINDS: tuple[str, ...] = ("anneal", "ablate")
 CONTROL = "control"
+MEMBER_KEYS = ("anneal.candidate", "anneal.share", "ablate.candidate", "train.seed")
+"""Settings that make one member differ from another: never part of a sweep's common overrides."""
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,36 @@
-"""What every task shares: retries, the cache policy, and the tracker for a config."""
+"""What every task shares: the cache policy, retries on transient errors only, artifact keys."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from typing import Any
 
 from prefect.cache_policies import NO_CACHE
 
-from smollm.config import RunConfig
-from smollm.tracking import Tracker, make_tracker
+TRANSIENT = (OSError,)
+"""A filesystem or network hiccup (`ConnectionError`, `TimeoutError` are `OSError`s): worth a
+retry. Anything else (a bad config, a bug, an infeasible constraint) fails the same way again."""
 
-TASK_OPTIONS = {"cache_policy": NO_CACHE, "retries": 1, "retry_delay_seconds": 2}
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's `retry_condition_fn`: retry only when the failure was transient."""
+    try:
+        state.result()
+    except TRANSIENT:
+        return True
+    except BaseException:
+        return False
+    return False
 
 
-def tracker_for(cfg: RunConfig) -> Tracker:
-    return make_tracker(cfg.tracking, Path(cfg.workdir))
+TASK_OPTIONS: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": 1,
+    "retry_delay_seconds": 2,
+    "retry_condition_fn": transient,
+}
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow only lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())

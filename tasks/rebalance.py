@@ -1,43 +1,33 @@
-"""Task: read the stage's evaluations and sweeps from MLflow, propose the next stage's mixture, write it."""
+"""Task: propose the next stage's mixture from what the stage measured, write it, publish the reasons."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 
-from smollm.config import RunConfig
-from smollm.rebalance import Proposal
+from smollm.lineage import StageNode
+from smollm.rebalance import RebalanceInputs
+from smollm.results import ProposedMixture
 from smollm.runs import tracked_rebalance
-from smollm.steps import StepResult
-from tasks.common import TASK_OPTIONS, tracker_for
+from smollm.tracking import Tracker
+from tasks.common import TASK_OPTIONS, artifact_key
 
 
-@task(name="rebalance", **TASK_OPTIONS)
-def rebalance(
-    cfg: RunConfig,
-    stage_index: int,
-    summary: dict[str, Any],
-    sources: dict[str, StepResult],
-    *,
-    stage_run_id: str,
-    previous_stage_run_id: str | None,
-    pipeline_run_id: str | None,
-    mixture_name: str,
-    generated_dir: Path,
-    conf_dir: Path,
-) -> tuple[Path, Proposal]:
-    return tracked_rebalance(
-        cfg,
-        stage_index,
-        summary,
-        sources,
-        tracker_for(cfg),
-        stage_run_id=stage_run_id,
-        previous_stage_run_id=previous_stage_run_id,
-        pipeline_run_id=pipeline_run_id,
-        mixture_name=mixture_name,
-        generated_dir=generated_dir,
-        conf_dir=conf_dir,
+@task(name="rebalance", task_run_name="rebalance-{node.name}", **TASK_OPTIONS)
+def rebalance_task(
+    node: StageNode, inputs: RebalanceInputs, tracker: Tracker, stage_run_id: str, pipeline_run_id: str | None
+) -> ProposedMixture:
+    """The proposal after `node`, written as the generated mixture the lineage names
+    (`StageNode.next_mixture`); its explanation as a markdown artifact."""
+    name = node.next_mixture()
+    _, proposal = tracked_rebalance(
+        node.cfg, inputs, tracker, stage_run_id=stage_run_id, pipeline_run_id=pipeline_run_id, mixture_name=name
     )
+    print("\n".join(proposal.explanation))
+    explanation = proposal.markdown(f"Next mixture for {inputs.next_stage}")
+    create_markdown_artifact(
+        key=artifact_key(node.cfg.pipeline.name, node.name, "rebalance"),
+        markdown=explanation,
+        description="The proposed next mixture, the current one, the diff and the reasons",
+    )
+    return ProposedMixture(name=name, weights=proposal.weights, previous=proposal.previous, explanation=explanation)

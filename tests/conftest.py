@@ -56,7 +56,7 @@ def built(tmp_path_factory):
     from smollm import stage
 
     cfg = compose(tiny_overrides(tmp_path_factory.mktemp("built") / "work"))
-    tokenizer = stage.build_tokenizer(cfg)
+    tokenizer = stage.prepare_tokenizer(cfg)
     sources = {name: stage.build_source(cfg, name, tokenizer) for name in sorted(cfg.data.sources)}
     return cfg, tokenizer, sources
 

@@ -81,7 +81,7 @@ def test_a_person_edits_the_proposal_an_invalid_edit_is_refused_and_the_next_sta
     with prefect_test_harness(server_startup_timeout=120):
         thread = threading.Thread(target=person, daemon=True)
         thread.start()
-        result = pipeline_flow(overrides=overrides)
+        result = pipeline_flow(overrides=overrides).to_dict()
         thread.join(timeout=60)
     assert "error" not in answers, answers["error"]
 
@@ -105,7 +105,7 @@ def test_a_person_edits_the_proposal_an_invalid_edit_is_refused_and_the_next_sta
     with prefect_test_harness(server_startup_timeout=120):
         timeout = ["rebalance.approval.timeout_seconds=2", "rebalance.approval.on_timeout=proceed"]
         started = time.perf_counter()
-        again = pipeline_flow(overrides=[*overrides, *timeout, "pipeline.stages.2.train_tokens=25600"])
+        again = pipeline_flow(overrides=[*overrides, *timeout, "pipeline.stages.2.train_tokens=25600"]).to_dict()
         seconds = time.perf_counter() - started
     assert [s["approval"]["how"] for s in again["stages"][:2]] == ["timeout-proceed", "timeout-proceed"]
     assert again["stages"][1]["mixture"] == stage1["next_mixture"]  # the proposal, not the old edit
@@ -116,11 +116,12 @@ def test_a_person_edits_the_proposal_an_invalid_edit_is_refused_and_the_next_sta
 def test_without_a_server_to_ask_on_the_configured_default_applies():
     from flows.approval import ask
     from flows.compose import compose
+    from smollm.results import ProposedMixture
 
-    stage = {"next_mixture": "demo-stage2-x", "proposal": {"weights": {"a": 1.0}}, "stage_run_id": "r"}
+    proposal = ProposedMixture(name="demo-stage2-x", weights={"a": 1.0}, previous={}, explanation="")
     for on_timeout, mixture in (("proceed", "demo-stage2-x"), ("stop", None)):
         cfg = compose(["rebalance.approval.ask=true", f"rebalance.approval.on_timeout={on_timeout}"])
-        decision = ask(cfg, stage, "stage2")
+        decision = ask(cfg, proposal, "r", "stage2")
         assert (decision.mixture, decision.how) == (mixture, f"no-server-{on_timeout}")
 
 

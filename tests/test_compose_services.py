@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.services import Services, _executable
+from smollm.services import Services, _executable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

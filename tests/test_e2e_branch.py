@@ -48,7 +48,7 @@ def branch_run(built):
     overrides = [o for o in tiny_overrides(workdir) if not o.startswith("pipeline.")]
     overrides += ["pipeline=branch_test", "train.checkpoint_every_steps=0"]
     with prefect_test_harness(server_startup_timeout=120), embedded_settings():
-        result = pipeline_flow(overrides=overrides)
+        result = pipeline_flow(overrides=overrides).to_dict()
     return overrides, result
 
 
@@ -92,3 +92,69 @@ def test_the_plan_of_a_finished_pipeline_has_every_step_complete(branch_run):
     assert plan.stages[1].train_identity == result["stages"][1]["identity"]
     assert result["stages"][1]["init"]["identity"] in {s.identity for s in plan.stages[0].steps}
     assert plan.stages[1].start == "base at 76.8K" and plan.stages[1].seq_len == 128
+
+
+LINEAGE_PIPELINE = """\
+name: lineage_test
+stages:
+  - name: base
+    train_tokens: 102400
+    mixture: demo_stage1
+  - name: mid
+    train_tokens: 25600
+    mixture: null
+  - name: long
+    train_tokens: 25600
+    mixture: demo_stage1
+    init_from: base
+    init_at_tokens: 51200
+    decay_fraction: 1.0
+"""
+
+
+@pytest.fixture(scope="module")
+def lineage_run(built):
+    """A pipeline with a rebalanced stage (`mid`, on the mixture the rebalance after `base`
+    writes) and a branch from inside `base` (`long`): planned, run, planned again."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline_flow
+    from flows.plan import make_plan
+    from flows.runtime import embedded_settings
+
+    workdir = Path(built[0].workdir)
+    folder = workdir.resolve() / "generated_conf" / "pipeline"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lineage_test.yaml").write_text(LINEAGE_PIPELINE)
+    overrides = [o for o in tiny_overrides(workdir) if not o.startswith("pipeline.")]
+    overrides += ["pipeline=lineage_test", "train.checkpoint_every_steps=0"]
+    before = make_plan(overrides)
+    with prefect_test_harness(server_startup_timeout=120), embedded_settings():
+        result = pipeline_flow(overrides=overrides).to_dict()
+    return before, result, make_plan(overrides)
+
+
+def test_the_plan_lists_exactly_the_steps_the_run_executed(lineage_run):
+    """`smollm plan` and the run walk one lineage: after the run, every stage's planned steps
+    (identities, in order) are the steps the run executed, all complete."""
+    _, result, after = lineage_run
+    assert [s.name for s in after.stages] == [s["stage"] for s in result["stages"]] == ["base", "mid", "long"]
+    for planned, ran in zip(after.stages, result["stages"], strict=True):
+        assert [step.identity for step in planned.steps] == ran["steps"], planned.name
+        assert all(step.complete for step in planned.steps), planned.name
+        assert planned.train_identity == ran["identity"] and planned.mixture == ran["mixture"]
+    mid = after.stages[1]
+    assert result["stages"][0]["next_mixture"] == mid.mixture  # written by the rebalance after base
+    assert mid.mixture_note == "written by the rebalance after base" and mid.start == "base (end)"
+    long = after.stages[2]
+    assert long.start == "base at 51.2K"
+    prefix = next(s for s in after.stages[0].steps if s.name == "lineage_test-base@51.2K")
+    assert result["stages"][2]["init"]["identity"] == prefix.identity  # the prefix base kept on its way
+
+
+def test_before_the_rebalance_ran_the_plan_estimated_only_the_rebalanced_stage(lineage_run):
+    before, result, after = lineage_run
+    assert before.stages[1].mixture_note.startswith("estimate") and before.stages[1].mixture == "demo_stage1"
+    assert before.stages[1].train_identity != after.stages[1].train_identity  # trained on the written mixture
+    for index in (0, 2):  # the stages the rebalance does not touch were planned right from the start
+        assert [s.identity for s in before.stages[index].steps] == result["stages"][index]["steps"]

@@ -44,9 +44,9 @@ def sweeps(workdir):
     typed = {"kind": "anneal", "candidates": CANDIDATES, "base": "stage1", "train_tokens": 51200}
     with prefect_test_harness(server_startup_timeout=120), embedded_settings():
         started = time.perf_counter()
-        first = sweep_flow(**typed, overrides=overrides)
+        first = sweep_flow(**typed, overrides=overrides).to_dict()
         first_seconds = time.perf_counter() - started
-        second = sweep_flow(**typed, overrides=overrides)
+        second = sweep_flow(**typed, overrides=overrides).to_dict()
         cli_exit = main(["anneal", "-m", *overrides, *ANNEAL, f"anneal.candidate={','.join(CANDIDATES)}"])
         artifacts = read_artifacts()
     each = ", ".join(f"{m['seconds']:.1f}s" for m in first["members"])
@@ -199,7 +199,7 @@ def test_a_member_killed_mid_run_is_the_only_one_rerun(sweeps, workdir, tmp_path
     with prefect_test_harness(server_startup_timeout=120), embedded_settings():
         again = sweep_flow(
             kind="anneal", candidates=CANDIDATES, base="stage1", train_tokens=102400, overrides=overrides
-        )
+        ).to_dict()
     assert again["trained"] == [f"anneal-{CANDIDATES[-1]}-0.6-seed0"]
     rerun = next(m for m in again["members"] if m["trained"])
     assert rerun["summary"]["resumed_from"] is not None  # continued from its last resume point
@@ -211,7 +211,7 @@ def test_a_member_killed_mid_run_is_the_only_one_rerun(sweeps, workdir, tmp_path
     with prefect_test_harness(server_startup_timeout=120), embedded_settings():
         fresh = sweep_flow(
             kind="anneal", candidates=CANDIDATES, base="stage1", train_tokens=102400, overrides=overrides
-        )
+        ).to_dict()
     assert fresh["trained"] == [f"anneal-{CANDIDATES[-1]}-0.6-seed0"]
     uninterrupted = next(m for m in fresh["members"] if m["trained"])
     assert uninterrupted["summary"]["resumed_from"] is None
@@ -221,6 +221,7 @@ def test_a_member_killed_mid_run_is_the_only_one_rerun(sweeps, workdir, tmp_path
 def test_a_stage_flow_runs_its_declared_annealing_candidates_before_rebalancing(sweeps, workdir):
     from prefect.testing.utilities import prefect_test_harness
 
+    from flows.compose import compose_lineage
     from flows.runtime import embedded_settings
     from flows.stage import stage_flow
 
@@ -233,7 +234,7 @@ def test_a_stage_flow_runs_its_declared_annealing_candidates_before_rebalancing(
         "raise_sources: [synthetic_math], by: 0.1}]",
     ]
     with prefect_test_harness(server_startup_timeout=120), embedded_settings():
-        result = stage_flow(overrides=overrides, stage_index=0)
+        result = stage_flow(compose_lineage(overrides).extend()).to_dict()
     assert not result["trained"]  # stage 1 itself was complete
     sweep = result["sweeps"]["anneal"]
     names = ["anneal-control-seed0", "anneal-synthetic_math-0.6-seed0"]
@@ -262,7 +263,7 @@ def test_a_data_ablation_sweep_trains_each_candidate_and_seed_from_scratch(sweep
             seeds=[0, 1],
             train_tokens=25600,
             overrides=tiny_overrides(workdir),
-        )
+        ).to_dict()
     names = [
         "ablate-control-seed0",
         "ablate-control-seed1",

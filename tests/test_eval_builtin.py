@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smollm.evaluation import EvalResult, EvalSuite, evaluate_checkpoint
+from smollm.evaluation import EvalResult, EvalSuite
+from smollm.evaluation.lighteval_backend import evaluate_checkpoint
 from smollm.evaluation.suite import LOGLIKELIHOOD_FAMILIES, lighteval_module_exists
 from tests.test_evaluation import direct_accuracy, direct_scores, make_checkpoint
 

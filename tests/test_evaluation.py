@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from smollm.data.synthetic_math import generate_documents
-from smollm.evaluation import EvalResult, EvalSuite, EvalTask, evaluate_checkpoint
+from smollm.evaluation import EvalResult, EvalSuite, EvalTask
 from smollm.evaluation.items import LETTERS, build_items, read_heldout
-from smollm.evaluation.lighteval_backend import build_suite_items, fit_items
+from smollm.evaluation.lighteval_backend import build_suite_items, evaluate_checkpoint, fit_items
 from smollm.evaluation.result import category_means
 
 REPO = Path(__file__).resolve().parents[1]

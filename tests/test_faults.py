@@ -17,7 +17,7 @@ def math_source(tmp_path):
     from smollm import stage
 
     cfg = compose(tiny_overrides(tmp_path / "work"))
-    tokenizer = stage.build_tokenizer(cfg)
+    tokenizer = stage.prepare_tokenizer(cfg)
     built = stage.build_source(cfg, "synthetic_math", tokenizer)
     return cfg, tokenizer, built
 
@@ -65,10 +65,10 @@ def test_a_transient_task_failure_is_retried_and_a_persistent_one_fails_the_flow
     from prefect.testing.utilities import prefect_test_harness
 
     import smollm.stage
-    from tasks.data import build_tokenizer
+    from tasks.data import tokenizer_task as build_tokenizer
 
     cfg = compose(tiny_overrides(tmp_path / "work"))
-    real = smollm.stage.build_tokenizer
+    real = smollm.stage.prepare_tokenizer
     calls = {"n": 0}
 
     def flaky(config):
@@ -82,7 +82,7 @@ def test_a_transient_task_failure_is_retried_and_a_persistent_one_fails_the_flow
         return build_tokenizer(config)
 
     with prefect_test_harness(server_startup_timeout=120):
-        monkeypatch.setattr(smollm.stage, "build_tokenizer", flaky)
+        monkeypatch.setattr(smollm.stage, "prepare_tokenizer", flaky)
         state = builds(cfg, return_state=True)
         assert state.is_completed() and calls["n"] == 2  # retried once, then it worked
 
@@ -90,7 +90,7 @@ def test_a_transient_task_failure_is_retried_and_a_persistent_one_fails_the_flow
             calls["n"] += 1
             raise OSError("disk full")
 
-        monkeypatch.setattr(smollm.stage, "build_tokenizer", broken)
+        monkeypatch.setattr(smollm.stage, "prepare_tokenizer", broken)
         calls["n"] = 0
         failed = builds(cfg, return_state=True)
         assert failed.is_failed() and calls["n"] == 2  # the retry failed too

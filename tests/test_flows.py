@@ -36,8 +36,11 @@ def test_unknown_config_choice_is_one_line(tmp_path, capsys):
 
 
 def test_a_later_stage_needs_its_predecessor(tmp_path):
+    from flows.compose import compose_lineage
+
+    second = compose_lineage([f"workdir={tmp_path}"]).walk()[1]
     with pytest.raises(ValueError, match="previous: stage_index=1 continues from the previous stage"):
-        stage_flow.fn(overrides=[f"workdir={tmp_path}"], stage_index=1)
+        stage_flow.fn(second)
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -57,10 +60,21 @@ def test_composition_is_memoised_but_sees_edited_and_new_config_files(tmp_path):
     assert first == second and first is not second
 
 
-def test_a_stage_uses_its_declared_mixture_else_the_previous_rebalance():
-    from flows.stage import choose_mixture
+def test_a_stage_uses_its_declared_mixture_else_the_previous_rebalance(tmp_path):
+    """One rule (`smollm.lineage`): declared, else what this run decided, else the written file,
+    else pending (planned on the previous stage's mixture)."""
+    from flows.compose import compose_lineage, generated_dir
 
-    assert choose_mixture("demo_stage1", 0, None) == "demo_stage1"
-    assert choose_mixture(None, 1, {"next_mixture": "demo-stage2-ab12"}) == "demo-stage2-ab12"
-    with pytest.raises(ValueError, match=r"pipeline.stages\[1\].mixture: is null"):
-        choose_mixture(None, 1, {"next_mixture": None})
+    lineage = compose_lineage([f"workdir={tmp_path}"])
+    first, second = lineage.walk(1)
+    assert (first.mixture.name, first.mixture.how) == ("demo_stage1", "declared")
+    assert (second.mixture.name, second.mixture.how) == ("demo_stage1", "pending")
+    written = generated_dir(tmp_path) / "mixture" / f"{first.next_mixture()}.yaml"
+    written.parent.mkdir(parents=True)
+    written.write_text(f"name: {first.next_mixture()}\nweights: {{stdlib_prose: 0.5, synthetic_math: 0.5}}\n")
+    again = compose_lineage([f"workdir={tmp_path}"]).walk(1)[1]
+    assert (again.mixture.name, again.mixture.how) == (first.next_mixture(), "written")
+    assert again.cfg.mixture.weights == {"stdlib_prose": 0.5, "synthetic_math": 0.5}
+    decided = lineage.decide(1, first.next_mixture())
+    assert decided.mixture.how == "decided" and decided.steps.train.identity == again.steps.train.identity
+    assert decided.start.parent == 0 and decided.steps.train.upstream[-1] == first.steps.train.identity

@@ -44,8 +44,7 @@ def test_the_slurm_launcher_config_composes(overrides, tmp_path):
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
     from omegaconf import OmegaConf
 
-    from flows.compose import compose
-    from flows.launchers import MemberTask, launcher_config
+    from flows.compose import MemberTask, compose, launcher_config
 
     cfg = launcher_config([*overrides, *SLURM], tmp_path / "sweep", "smollm-anneal")
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
@@ -70,9 +69,12 @@ def test_the_cli_hands_a_sweep_with_a_hydra_launcher_to_it(overrides, monkeypatc
     seen = {}
 
     def fake_sweep_flow(**kwargs):
+        from smollm.results import SweepResult
+
         seen.update(kwargs)
         fields = ("sweep_id", "folder", "tracking_uri", "sweep_run_id")
-        return {"kind": "anneal", "members": [], "trained": [], "rows": [], **dict.fromkeys(fields, "-")}
+        empty = {"members": [], "trained": [], "rows": [], "runs": [], "data_built": [], "base": None, "chart": None}
+        return SweepResult(kind="anneal", **empty, **dict.fromkeys(fields, "-"), seconds=0, members_seconds=0)
 
     monkeypatch.setattr(flows.sweep, "sweep_flow", fake_sweep_flow)
     monkeypatch.setattr(flows.runtime, "embedded_settings", nullcontext)
@@ -124,14 +126,20 @@ def test_every_prefect_yaml_deployment_loads_its_flow(monkeypatch):
     assert "smollm-sweep-member/default" in names  # what the README's sweep.deployment names
 
 
-def test_a_failed_member_job_is_named(overrides):
-    from flows.launchers import MemberTask, launch_members
+def test_a_failed_member_job_is_named(overrides, tmp_path):
+    from flows.compose import MemberTask, hydra_launch
+    from flows.sweep import member_specs
+    from smollm.results import Checkpoint, MemberJob
 
-    job = {"kind": "anneal", "overrides": overrides, "member": ["anneal.candidate=nope"]}
-    job |= {"base_checkpoint": None, "run_id": "r0"}
+    spec = member_specs("anneal", overrides, [["anneal.candidate=synthetic_math"]])[1]
+    some = Checkpoint(checkpoint=str(tmp_path / "none"), identity="0" * 64)
+    fields = {"name": "anneal-nope", "kind": "anneal", "overrides": ["anneal.candidate=nope"], "candidate": "nope"}
+    job = MemberJob(**fields, cfg=spec.cfg, stage=spec.stage, tokenizer=some, sources={}, base=some, run_id="r0")
+    job = job.to_dict()
+    job["cfg"]["anneal"]["candidate"] = "nope"  # refused when the job loads its config, inside the job
     assert pickle.loads(pickle.dumps(MemberTask([job]))).jobs == [job]  # submitit pickles it
     with pytest.raises(RuntimeError, match=r"^sweep member anneal-nope: its basic job failed: ConfigError"):
-        launch_members(SweepConfig(launcher="hydra"), {"anneal-nope": job})
+        hydra_launch(overrides, {"anneal-nope": job}, tmp_path / "sweep", "smollm-anneal")
 
 
 def test_with_launcher_leaves_the_basic_launcher_local():
@@ -160,9 +168,9 @@ def launched(tmp_path_factory):
     submitit.append("sweep.threads_per_member=1")  # 2 cores, 2 jobs at once
     with prefect_test_harness(server_startup_timeout=120), embedded_settings():
         started = time.perf_counter()
-        remote = sweep_flow(kind="anneal", overrides=[*common, *submitit], members=MEMBERS)
+        remote = sweep_flow(kind="anneal", overrides=[*common, *submitit], members=MEMBERS).to_dict()
         seconds = time.perf_counter() - started
-        local = sweep_flow(kind="anneal", overrides=common, members=MEMBERS)
+        local = sweep_flow(kind="anneal", overrides=common, members=MEMBERS).to_dict()
     print(f"submitit_local sweep: {seconds:.1f}s, members {remote['members_seconds']:.1f}s")
     return workdir, common, remote, local
 
@@ -209,23 +217,16 @@ def test_prefect_yaml_deploys_and_a_work_pool_runs_the_members(launched, tmp_pat
         assert out.count("successfully created") == 4
         client = MlflowClient(remote["tracking_uri"])
         experiment = client.get_experiment_by_name("smollm-test").experiment_id
-        jobs = {
-            m["name"]: {
-                "kind": "anneal",
-                "overrides": common,
-                "member": m["overrides"],
-                "base_checkpoint": remote["base"],
-                "run_id": client.create_run(experiment, run_name=f"pool/{m['name']}").info.run_id,
-            }
-            for m in remote["members"]
-        }
+        jobs = pool_jobs(common, remote, lambda name: client.create_run(experiment, run_name=f"pool/{name}"))
         with pytest.raises(ConfigError, match=r"^sweep.deployment: no deployment 'smollm-sweep-member/nope'"):
-            launch_members(SweepConfig(launcher="work_pool", deployment="smollm-sweep-member/nope"), jobs)
+            launch_members(
+                SweepConfig(launcher="work_pool", deployment="smollm-sweep-member/nope"), jobs, common, set(jobs)
+            )
         worker = _prefect("worker", "start", "--pool", "smollm", env=env, stdout=subprocess.DEVNULL)
         try:
             sweep = SweepConfig(launcher="work_pool", deployment="smollm-sweep-member/default")
             started = time.perf_counter()
-            results = launch_members(sweep, jobs)
+            results = {n: r.to_dict() for n, r in launch_members(sweep, jobs, common, set(jobs)).items()}
             print(f"work pool: {time.perf_counter() - started:.1f}s for {len(jobs)} cached members")
         finally:
             worker.terminate()
@@ -236,10 +237,35 @@ def test_prefect_yaml_deploys_and_a_work_pool_runs_the_members(launched, tmp_pat
                 worker.wait()
     for member in remote["members"]:
         result = results[member["name"]]
-        assert result["run_id"] == jobs[member["name"]]["run_id"] and result["trained"] is False
+        assert result["run_id"] == jobs[member["name"]].run_id and result["trained"] is False
         assert {k: result[k] for k in SAME} == {k: member[k] for k in SAME}
         assert result["evals"] == pytest.approx(member["evals"], nan_ok=True)
         assert client.get_run(result["run_id"]).info.status == "FINISHED"
+
+
+def pool_jobs(common, remote, new_run):
+    """The sweep's members as the jobs a work pool gets, each with a fresh MLflow run."""
+    from flows.sweep import member_specs
+    from smollm import stage
+    from smollm.results import Checkpoint, MemberJob
+
+    specs = member_specs("anneal", common, MEMBERS)
+    tokenizer = stage.prepare_tokenizer(specs[0].cfg)  # complete: found, not built
+    jobs = {}
+    for spec, member in zip(specs, remote["members"], strict=True):
+        sources = {n: Checkpoint.of(stage.build_source(spec.cfg, n, tokenizer)) for n in stage.needed_sources(spec.cfg)}
+        fields = {"name": member["name"], "kind": "anneal", "overrides": member["overrides"]}
+        jobs[member["name"]] = MemberJob(
+            **fields,
+            candidate=member["candidate"],
+            cfg=spec.cfg,
+            stage=spec.stage,
+            tokenizer=Checkpoint.of(tokenizer),
+            sources=sources,
+            base=Checkpoint(**remote["base"]),
+            run_id=new_run(member["name"]).info.run_id,
+        )
+    return jobs
 
 
 def test_the_launcher_plugin_is_pinned_and_the_environment_is_consistent():

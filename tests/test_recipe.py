@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from flows.compose import compose, compose_pipeline, compose_stage
+from flows.compose import compose, compose_lineage, compose_stage
 from smollm.model import count_parameters, parameter_count
 from smollm.schedule import stage_schedule
 
@@ -25,7 +25,7 @@ def stages(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("recipe")
     return {
         cfg.pipeline.stages[i].name: cfg
-        for i, cfg in enumerate(compose_pipeline([f"workdir={workdir}", "pipeline=smollm2_1.7b"]))
+        for i, cfg in enumerate(n.cfg for n in compose_lineage([f"workdir={workdir}", "pipeline=smollm2_1.7b"]).walk())
     }
 
 
@@ -120,7 +120,7 @@ def test_context_extension(stages):
     ("pipeline", "model", "tokens"), [("smollm2_135m", "smollm2_135m", 2 * T), ("smollm2_360m", "smollm2_360m", 4 * T)]
 )
 def test_small_model_recipes(tmp_path, pipeline, model, tokens):
-    (cfg,) = compose_pipeline([f"workdir={tmp_path}", f"pipeline={pipeline}"])
+    (cfg,) = (n.cfg for n in compose_lineage([f"workdir={tmp_path}", f"pipeline={pipeline}"]).walk())
     stage = cfg.pipeline.stages[0]
     assert cfg.model.name == model and cfg.train.optimizer.lr == 3e-3
     assert (stage.train_tokens, stage.decay_fraction) == (tokens, 0.2)
@@ -131,7 +131,7 @@ def test_small_model_recipes(tmp_path, pipeline, model, tokens):
 def _planned_identities(specs, base_cfg=None, base_at_tokens=None):
     """Each member's training identity, computed from the configs alone (nothing built); an
     annealing member starts from `base_cfg`'s first stage at `base_at_tokens`."""
-    from smollm.stage import source_step, tokenizer_step, train_step, workdir
+    from smollm.stage import source_step, tokenizer_step, training_step, workdir
     from smollm.steps import StepResult
 
     def planned(step):
@@ -144,16 +144,17 @@ def _planned_identities(specs, base_cfg=None, base_at_tokens=None):
     base = None
     if base_cfg is not None:
         tokenizer, sources = data(base_cfg)
-        base = planned(train_step(base_cfg, base_cfg.pipeline.stages[0], sources, tokenizer, None, base_at_tokens))
+        base = planned(training_step(base_cfg, base_cfg.pipeline.stages[0], sources, tokenizer, None, base_at_tokens))
     identities = []
     for spec in specs:
         tokenizer, sources = data(spec.cfg)
-        identities.append(train_step(spec.cfg, spec.stage, sources, tokenizer, base).identity)
+        identities.append(training_step(spec.cfg, spec.stage, sources, tokenizer, base).identity)
     return identities
 
 
 def test_web_ablation_protocol(tmp_path):
-    from flows.sweep import member_specs, split_multirun
+    from flows.compose import split_multirun
+    from flows.sweep import member_specs
 
     common, members = split_multirun([f"workdir={tmp_path}", "pipeline=ablation_web"], multirun=True, kind="ablate")
     specs = member_specs("ablate", common, members)
@@ -171,7 +172,8 @@ def test_web_ablation_protocol(tmp_path):
 
 
 def test_annealing_ablation_protocol(tmp_path):
-    from flows.sweep import member_specs, split_multirun
+    from flows.compose import split_multirun
+    from flows.sweep import member_specs
 
     common, members = split_multirun([f"workdir={tmp_path}", "pipeline=annealing"], multirun=True, kind="anneal")
     specs = member_specs("anneal", common, members)
@@ -194,7 +196,7 @@ def test_annealing_ablation_protocol(tmp_path):
             if name != source:
                 assert weights[name] == pytest.approx(0.4 * weight)
     # every member branches from stage 1's prefix at 3T (one step, the recipe run's own), and differs after
-    base_cfg = compose_stage(common, 0, "smollm2_stage1")
+    base_cfg = compose_stage(common, compose(common), 0, "smollm2_stage1")
     assert base_cfg.pipeline.name == "smollm2_1.7b" and base_cfg.mixture.weights == previous
     identities = _planned_identities(specs, base_cfg, base_at_tokens=3 * T)
     assert len(set(identities)) == len(specs)

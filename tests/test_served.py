@@ -13,8 +13,8 @@ import yaml
 
 from flows import served
 from flows.compose import CONF_DIR
-from flows.services import Services, executor_command, mlflow_server_command, prefect_server_command
 from smollm.schema import ConfigError
+from smollm.services import Services, executor_command, mlflow_server_command, prefect_server_command
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -76,7 +76,7 @@ def test_make_serve_starts_the_three_commands_on_loopback(tmp_path):
     )
     assert env["SMOLLM_WORKDIR"] == str(tmp_path / "work")
     makefile = (REPO / "Makefile").read_text()
-    assert "$(PY) -m flows.services start" in makefile and "$(PY) -m flows.services stop" in makefile
+    assert "$(PY) -m smollm.services start" in makefile and "$(PY) -m smollm.services stop" in makefile
 
 
 def _flags(command: list[str]) -> tuple[list[str], dict[str, str | None]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.services import Services, read_state
+from smollm.services import Services, read_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

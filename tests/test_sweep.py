@@ -53,7 +53,7 @@ def test_each_seed_gets_its_own_control():
 
 
 def test_typed_parameters_and_the_cli_multirun_give_the_same_members(tmp_path):
-    from flows.sweep import split_multirun
+    from flows.compose import split_multirun
 
     workdir = f"workdir={tmp_path}"
     common, members = split_multirun(
@@ -68,7 +68,7 @@ def test_typed_parameters_and_the_cli_multirun_give_the_same_members(tmp_path):
 
 
 def test_multirun_reads_the_sweep_a_protocol_declares(tmp_path):
-    from flows.sweep import split_multirun
+    from flows.compose import split_multirun
 
     _, members = split_multirun([f"workdir={tmp_path}", "pipeline=annealing"], multirun=True, kind="anneal")
     candidates = {make_member("anneal", m).candidate for m in members}
@@ -76,7 +76,7 @@ def test_multirun_reads_the_sweep_a_protocol_declares(tmp_path):
 
 
 def test_a_sweep_without_multirun_is_refused(tmp_path):
-    from flows.sweep import split_multirun
+    from flows.compose import split_multirun
 
     with pytest.raises(ConfigError, match=r"^anneal.candidate=a,b: sweeps several values; add -m"):
         split_multirun([f"workdir={tmp_path}", "anneal.candidate=a,b"], multirun=False, kind="anneal")

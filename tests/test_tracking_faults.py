@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.services import _executable, mlflow_server_command
 from smollm.config import TrackingConfig
+from smollm.services import _executable, mlflow_server_command
 from smollm.tracking import MLflowTracker
 from tests.conftest import stage_run, tiny_overrides
 

@@ -16,7 +16,7 @@ def test_stage_trains_checkpoints_and_the_next_stage_continues(built):
     s1 = first.summary
     assert (
         first.step.computed
-        and first.step.identity == stage.train_step(cfg, first_stage, sources, tokenizer, None).identity
+        and first.step.identity == stage.training_step(cfg, first_stage, sources, tokenizer, None).identity
     )
     assert not list(first.step.output.parent.glob(".resume-*"))  # superseded by the committed checkpoint
     steps = first_stage.train_tokens // cfg.train.tokens_per_step

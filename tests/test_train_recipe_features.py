@@ -120,7 +120,7 @@ def test_a_branch_may_change_rope_and_context_length_but_not_shapes(built, tmp_p
 def test_a_prefix_has_its_own_identity_and_name(built):
     cfg, tokenizer, sources = built
     first = cfg.pipeline.stages[0]
-    full = stage.train_step(cfg, first, sources, tokenizer, None)
-    prefix = stage.train_step(cfg, first, sources, tokenizer, None, stop_at_tokens=102400)
+    full = stage.training_step(cfg, first, sources, tokenizer, None)
+    prefix = stage.training_step(cfg, first, sources, tokenizer, None, stop_at_tokens=102400)
     assert prefix.identity != full.identity
     assert prefix.name == f"{full.name}@102.4K"

@@ -18,7 +18,8 @@ task on the hub leaves the environment as it is (set `HF_DATASETS_OFFLINE=1` to 
 lighteval's prediction cache is switched off: it keys on the model config, not the weights;
 with a path as `model_name` it writes into the checkpoint folder; it made this suite ~4x
 slower (a parquet round trip per task); and skipping a finished evaluation is the step
-executor's job (DESIGN.md §3). Its `cache_dir` still points into `output_dir`.
+executor's job (docs/architecture.md, "Step identity and caching"). Its `cache_dir` still
+points into `output_dir`.
 """
 
 from __future__ import annotations

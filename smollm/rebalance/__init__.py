@@ -9,9 +9,17 @@ provenance and reasons in the header, never over a hand-written config.
 from smollm.rebalance.constraints import Constraints, Infeasible, SourceLimits, violations
 from smollm.rebalance.inputs import RebalanceInputs, SweepRun
 from smollm.rebalance.propose import Proposal, propose
-from smollm.rebalance.write import GENERATED_MARK, generated_mixture_name, write_mixture
+from smollm.rebalance.write import (
+    CONF_DIR,
+    GENERATED_MARK,
+    generated_dir,
+    generated_mixture_name,
+    write_generated_mixture,
+    write_mixture,
+)
 
 __all__ = [
+    "CONF_DIR",
     "GENERATED_MARK",
     "Constraints",
     "Infeasible",
@@ -19,8 +27,10 @@ __all__ = [
     "RebalanceInputs",
     "SourceLimits",
     "SweepRun",
+    "generated_dir",
     "generated_mixture_name",
     "propose",
     "violations",
+    "write_generated_mixture",
     "write_mixture",
 ]

@@ -1,7 +1,7 @@
 """The served setup without Docker: `make serve` / `make stop`.
 
-    python -m flows.services start [--workdir work] [--prefect-port 4200] [--mlflow-port 5000]
-    python -m flows.services stop  [--workdir work]
+    python -m smollm.services start [--workdir work] [--prefect-port 4200] [--mlflow-port 5000]
+    python -m smollm.services stop  [--workdir work]
 
 `start` runs, on loopback, in the background, each in its own process group:
 
