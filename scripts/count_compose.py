@@ -1,7 +1,7 @@
 """Count Hydra compositions during ONE tiny pipeline run end to end, under Prefect's test harness.
 
-Runs the demo pipeline at the test suite's tiny sizes (`tiny_overrides` of tests/conftest.py,
-copied below; a fresh temporary work dir) with real steps (BPE training, tokenization, a small
+Runs the demo pipeline at the test suite's tiny sizes (`tiny_overrides` of the checkout's
+tests/conftest.py; a fresh temporary work dir) with real steps (BPE training, tokenization, a small
 model that trains, evaluation, an SQLite MLflow store, Prefect flow runs), and counts:
 
   (i)  calls of Hydra's own `hydra.compose` (patched on the `hydra` package and on the
@@ -52,36 +52,6 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 PROJECT_PREFIXES = ("flows.", "tasks.", "smollm.")
-
-
-def tiny_overrides(workdir) -> list[str]:
-    """A copy of tests/conftest.py's `tiny_overrides`: small sources, a 2-layer model, short stages."""
-    return [
-        f"workdir={workdir}",
-        "tokenizer.vocab_size=512",
-        "tokenizer.train_bytes_per_source=300000",
-        "model.vocab_size=512",
-        "model.hidden_size=64",
-        "model.num_layers=2",
-        "model.num_heads=4",
-        "model.num_kv_heads=2",
-        "model.intermediate_size=128",
-        "model.max_seq_len=512",
-        "data.sources.stdlib_code.num_docs=60",
-        "data.sources.stdlib_code.heldout_docs=10",
-        "data.sources.synthetic_math.num_docs=4000",
-        "data.sources.synthetic_math.heldout_docs=100",
-        "data.sources.stdlib_prose.heldout_docs=20",
-        "train.seq_len=64",
-        "train.micro_batch_size=8",
-        "train.schedule.warmup_steps=5",
-        "train.checkpoint_every_steps=0",
-        "train.progress=false",
-        "pipeline.stages.0.train_tokens=409600",
-        "pipeline.stages.1.train_tokens=204800",
-        "pipeline.stages.2.train_tokens=204800",
-        "tracking.experiment=smollm-test",
-    ]
 
 
 class Counter:
@@ -225,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.testing.utilities import prefect_test_harness
 
     with tempfile.TemporaryDirectory(prefix="count-compose-") as tmp:
+        from tests.conftest import tiny_overrides
+
         overrides = tiny_overrides(Path(tmp) / "work")
         with prefect_test_harness(server_startup_timeout=120):
             started = time.perf_counter()

@@ -7,7 +7,7 @@ between processes, what a test or a Prefect UI user reads), `from_dict()` reads 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,10 @@ class MemberResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemberResult:
-        return from_dict(cls, data, "member")
+        missing = [f.name for f in fields(cls) if f.name not in data]
+        if missing:
+            raise ValueError(f"member.{missing[0]}: is missing from a member's result, got keys {sorted(data)}")
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True, kw_only=True)

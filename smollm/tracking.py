@@ -80,8 +80,19 @@ class MLflowTracker:
         self._down, self._replaying = False, False
         if self._online():
             for run_id in stale_runs(self.client, self._experiment_id()):
-                self.client.set_tag(run_id, "smollm.reconciled", "its process was gone at the next start")
-                self.client.set_terminated(run_id, status="KILLED")
+                self._reconcile(run_id)
+
+    def _reconcile(self, run_id: str) -> None:
+        """Mark a RUNNING run whose process is gone KILLED. Processes starting together (a
+        sweep's members) may reconcile the same run at once: the second finds it done."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.set_tag(run_id, "smollm.reconciled", "its process was gone at the next start")
+            self.client.set_terminated(run_id, status="KILLED")
+        except MlflowException:
+            if self.client.get_run(run_id).data.tags.get("smollm.reconciled") is None:
+                raise
 
     def _experiment_id(self) -> str:
         if self.experiment_id is None:

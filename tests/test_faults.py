@@ -1,6 +1,6 @@
 """Faults in the DAG's steps: a corrupted or truncated token shard is caught by its checksum (or
 size) and rebuilt; a transient task failure is retried by Prefect, a persistent one fails the
-flow with its cause."""
+flow with its cause, and a deterministic one (a bad value, a bug) is not retried."""
 
 from __future__ import annotations
 
@@ -95,3 +95,13 @@ def test_a_transient_task_failure_is_retried_and_a_persistent_one_fails_the_flow
         failed = builds(cfg, return_state=True)
         assert failed.is_failed() and calls["n"] == 2  # the retry failed too
         assert "OSError: disk full" in failed.message
+
+        def wrong(config):
+            calls["n"] += 1
+            raise ValueError("tokenizer.vocab_size: must be > 0, got 0")
+
+        monkeypatch.setattr(smollm.stage, "prepare_tokenizer", wrong)
+        calls["n"] = 0
+        failed = builds(cfg, return_state=True)
+        assert failed.is_failed() and calls["n"] == 1  # deterministic: failing again would say nothing new
+        assert "ValueError: tokenizer.vocab_size" in failed.message

@@ -78,3 +78,27 @@ def test_a_stage_uses_its_declared_mixture_else_the_previous_rebalance(tmp_path)
     decided = lineage.decide(1, first.next_mixture())
     assert decided.mixture.how == "decided" and decided.steps.train.identity == again.steps.train.identity
     assert decided.start.parent == 0 and decided.steps.train.upstream[-1] == first.steps.train.identity
+
+
+def test_a_tracked_run_ends_finished_failed_or_killed_with_its_block():
+    from flows.compose import compose
+    from smollm.runs import tracked_run
+    from smollm.tracking import NullTracker
+
+    tracker, cfg = NullTracker(), compose([])
+    outcomes = {}
+    for name, error in (("ok", None), ("bug", RuntimeError("boom")), ("interrupted", KeyboardInterrupt())):
+        try:
+            with tracked_run(tracker, cfg, name, "stage", parent_run_id=None, flow_run_id=None) as run_id:
+                if error is not None:
+                    raise error
+        except (RuntimeError, KeyboardInterrupt) as raised:
+            assert raised is error  # re-raised as it was, traceback and all
+        outcomes[name] = tracker.runs[run_id]
+    assert {name: run["status"] for name, run in outcomes.items()} == {
+        "ok": "FINISHED",
+        "bug": "FAILED",
+        "interrupted": "KILLED",
+    }
+    assert all("config.json" in run["artifacts"] for run in outcomes.values())
+
