@@ -101,4 +101,3 @@ def test_a_tracked_run_ends_finished_failed_or_killed_with_its_block():
         "interrupted": "KILLED",
     }
     assert all("config.json" in run["artifacts"] for run in outcomes.values())
-
