@@ -23,6 +23,7 @@ import sys
 
 from flows.compose import compose, generated_dir
 from smollm.config import ConfigError
+from smollm.rebalance import Infeasible
 from smollm.results import PipelineResult, SweepResult
 from smollm.schema import to_dict
 from smollm.sweep import format_table
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             from flows.plan import preflight
 
             preflight(args.overrides)
-    except (ConfigError, ValueError) as err:  # bad config or input; Infeasible constraints
+    except (ConfigError, Infeasible) as err:  # bad config or input; constraints no mixture can meet
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # Hydra's own override/composition errors

@@ -105,3 +105,16 @@ def test_a_transient_task_failure_is_retried_and_a_persistent_one_fails_the_flow
         failed = builds(cfg, return_state=True)
         assert failed.is_failed() and calls["n"] == 1  # deterministic: failing again would say nothing new
         assert "ValueError: tokenizer.vocab_size" in failed.message
+
+        def tracking_server_away(config):  # MLflow's client wraps the refused connection
+            from mlflow.tracking import MlflowClient
+
+            calls["n"] += 1
+            if calls["n"] == 1:
+                MlflowClient("http://127.0.0.1:9").search_experiments()  # nothing listens on port 9
+            return real(config)
+
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setattr(smollm.stage, "prepare_tokenizer", tracking_server_away)
+        calls["n"] = 0
+        assert builds(cfg, return_state=True).is_completed() and calls["n"] == 2  # a connection error: retried

@@ -138,6 +138,29 @@ def test_the_cli_refuses_a_bad_sweep_with_exit_2(overrides, capsys):
     assert capsys.readouterr().err.strip().startswith("error: anneal.candidate: is not a declared source")
 
 
+def test_a_bug_inside_a_sweep_keeps_its_traceback_and_bad_input_stays_one_line(overrides, monkeypatch, capsys):
+    from contextlib import nullcontext
+
+    import flows.runtime
+    import flows.sweep
+    from flows.cli import main
+
+    def buggy_sweep(**kwargs):
+        raise ValueError("an internal error, not the user's input")
+
+    def refused_sweep(**kwargs):
+        raise ConfigError("anneal.train_tokens: must be >= tokens per step 512, got 10")
+
+    monkeypatch.setattr(flows.runtime, "embedded_settings", nullcontext)
+    args = ["anneal", "-m", *overrides, "anneal.candidate=synthetic_math"]
+    monkeypatch.setattr(flows.sweep, "sweep_flow", buggy_sweep)
+    with pytest.raises(ValueError, match="an internal error"):  # the traceback reaches the user
+        main(args)
+    monkeypatch.setattr(flows.sweep, "sweep_flow", refused_sweep)
+    assert main(args) == 2
+    assert capsys.readouterr().err == "error: anneal.train_tokens: must be >= tokens per step 512, got 10\n"
+
+
 def test_summary_deltas_are_against_the_group_control(tmp_path):
     members = with_controls("ablate", typed_member_overrides("ablate", ["a"], seeds=[0, 1]))
     scores = {
