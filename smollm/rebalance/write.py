@@ -57,7 +57,9 @@ def write_mixture(
 ) -> Path:
     """Write `<generated_dir>/mixture/<name>.yaml` atomically; never over a hand-written config."""
     if (hand_written_dir / "mixture" / f"{name}.yaml").exists():
-        raise ConfigError(f"rebalance: mixture {name!r} is a hand-written config in {hand_written_dir}; not overwriting")
+        raise ConfigError(
+            f"rebalance: mixture {name!r} is a hand-written config in {hand_written_dir}; not overwriting"
+        )
     path = generated_dir / "mixture" / f"{name}.yaml"
     if path.exists():
         existing = path.read_text()
