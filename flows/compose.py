@@ -23,13 +23,11 @@ from typing import Any
 
 from smollm.config import RunConfig, load_run_config
 from smollm.lineage import Lineage
-from smollm.rebalance import CONF_DIR, generated_dir
+from smollm.rebalance import CONF_DIR as CONF_DIR  # re-exported: flows read configs from here
+from smollm.rebalance import generated_dir as generated_dir
 from smollm.runs import run_member_job
 from smollm.schema import ConfigError
 from smollm.sweep import MEMBER_KEYS
-
-__all__ = ["CONF_DIR", "compose", "compose_dict", "compose_lineage", "generated_dir", "split_multirun"]
-
 
 ENV = ("SMOLLM_WORKDIR", "MLFLOW_TRACKING_URI")
 """Environment variables the configs read (`oc.env`): part of the composition cache's key."""

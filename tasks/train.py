@@ -60,8 +60,7 @@ def start_checkpoint(
     start = node.start
     if start.parent is None:
         return None
-    if origin is None or trained is None:
-        raise ValueError(f"previous: stage_index={node.index} continues from the previous stage's result, got None")
+    assert origin is not None and trained is not None  # the stage flow refuses a start it was not given
     if start.at_tokens is None:
         return trained.end()
     init = None if trained.init is None else trained.init.step()
