@@ -18,7 +18,7 @@ from flows.compose import compose_lineage
 from flows.sweep import declared_members, sweep_flow
 from smollm.lineage import StageNode
 from smollm.results import Checkpoint, ProposedMixture, StageResult, StartPoint, SweepResult, TrainedStage
-from smollm.runs import decision_metrics, log_sweep_results, rebalance_inputs, tracked_run
+from smollm.runs import decision_metrics, log_sweep_results, rebalance_inputs, rebalance_sources, tracked_run
 from smollm.stage import TrainOutcome, stable_tokens
 from smollm.steps import StepResult
 from smollm.tracking import Tracker, make_tracker
@@ -136,14 +136,13 @@ def propose_next(
     pipeline_run_id: str | None,
 ) -> ProposedMixture | None:
     """The rebalance after the stage, when the next stage's mixture is not declared. It weighs
-    the stage's sources and those its rules name or its sweeps trained on (built here unless
-    their token counts are declared)."""
+    the stage's sources and those its rules name, its sweeps trained on or an earlier stage drew
+    from (built here unless their token counts are declared)."""
     if not node.rebalances:
         return None
     cfg = node.cfg
-    named = {s for rule in cfg.rebalance.rules for s in rule.sources}
     swept = {s for result in sweeps.values() for run in result.runs for s in run["weights"]}
-    extra = {s for s in named | swept if not cfg.data.sources[s].available_tokens} - set(data)
+    extra = rebalance_sources(cfg, outcome.summary["tokens_per_source"], swept) - set(data)
     weighed = {**sources_of(data), **build_sources(cfg, extra, data["tokenizer"])}
     before = None if previous is None else decision_metrics(previous.evals, _rows(previous.sweeps))
     inputs = rebalance_inputs(

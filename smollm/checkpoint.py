@@ -52,6 +52,24 @@ def load_checkpoint(folder: Path, shape: ModelConfig | None = None) -> tuple[Any
     return model, state
 
 
+def moments_digest(optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    """What an AdamW state holds, measured: how many parameters have moments, and a sha256 of
+    every state tensor (step, exp_avg, exp_avg_sq) in parameter order. Equal digests of a
+    checkpoint's saved state and of a live optimizer show the state was loaded, bit for bit."""
+    import hashlib
+
+    import torch
+
+    digest, states = hashlib.sha256(), optimizer_state.get("state", {})
+    for index in sorted(states):
+        for key in sorted(states[index]):
+            value = states[index][key]
+            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            digest.update(f"{index}.{key}:{tensor.dtype}:{list(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return {"parameters": len(states), "sha256": digest.hexdigest()[:16]}
+
+
 def save_resume_point(
     resume_dir: Path,
     step: int,

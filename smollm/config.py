@@ -97,6 +97,9 @@ class SourceConfig:
     """A folder inside the dataset (e.g. a language of `bigcode/starcoderdata`); a list reads
     each folder, interleaved like `subset`; None: the whole dataset."""
     data_files: str | None = None
+    revision: str | None = None
+    """For a hub dataset: the branch, tag or commit to read (part of the source's identity; the
+    commit it named is recorded in the build's manifest). Ignored for local data."""
     split: str = "train"
     text_field: str = "text"
     """The column holding the document (ignored when `content_url` fetches it)."""

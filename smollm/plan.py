@@ -13,10 +13,13 @@ FLOPs per trained token follow PaLM (Chowdhery et al. 2022, appendix B): `6 N` f
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from smollm.config import ModelConfig, RunConfig, SourceConfig
+from smollm.data.sampler import stage_tokens
+from smollm.data.sources import is_hub_id
 from smollm.lineage import Lineage, StageNode
 from smollm.model import parameter_count
 from smollm.stage import workdir
@@ -126,6 +129,10 @@ def known_available_tokens(source: SourceConfig, built: Path) -> int | None:
     return None
 
 
+COMMIT = re.compile(r"[0-9a-f]{40}")
+"""A git commit id: a hub revision that always names the same data."""
+
+
 @dataclass
 class _Drawn:
     """Per stage, what a later stage starting from it has drawn before it starts."""
@@ -135,6 +142,7 @@ class _Drawn:
     tokens_per_step: int
     tokens: int
     """Trained in whole optimizer steps."""
+    seq_len: int
 
 
 def plan_pipeline(lineage: Lineage) -> Plan:
@@ -156,6 +164,8 @@ class Planner:
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self._reported: set[tuple[str, str]] = set()
+        self.unpinned: set[str] = set()
+        """Hub sources whose `revision` is not a commit."""
 
     def stage(self, node: StageNode) -> StagePlan:
         cfg, stage, index = node.cfg, node.stage, node.index
@@ -166,9 +176,10 @@ class Planner:
         train = cfg.train
         optimizer_steps = stage.train_tokens // train.tokens_per_step
         tokens = optimizer_steps * train.tokens_per_step
-        self.drawn.append(_Drawn(consumed, weights, train.tokens_per_step, tokens))
+        self.drawn.append(_Drawn(consumed, weights, train.tokens_per_step, tokens, train.seq_len))
+        drawn = stage_tokens(weights, tokens // train.seq_len, train.seq_len)
         uses = [
-            self._use(cfg, stage.name, name, w, tokens, consumed, node.steps.sources[name].output_dir(root))
+            self._use(cfg, stage.name, name, w, drawn[name], consumed, node.steps.sources[name].output_dir(root))
             for name, w in weights.items()
         ]
         domains: dict[str, float] = {}
@@ -208,16 +219,14 @@ class Planner:
             return {}
         origin = self.drawn[start.parent]
         if start.at_tokens is None:
-            return _add(origin.consumed_at_start, origin.weights, origin.tokens)
+            return _add(origin, origin.tokens)
         # a branch point inside the parent: what the parent drew up to it
-        at = start.at_tokens // origin.tokens_per_step * origin.tokens_per_step
-        return _add(origin.consumed_at_start, origin.weights, at)
+        return _add(origin, start.at_tokens // origin.tokens_per_step * origin.tokens_per_step)
 
     def _use(
-        self, cfg: RunConfig, stage: str, name: str, weight: float, tokens: int, before: dict, built: Path
+        self, cfg: RunConfig, stage: str, name: str, weight: float, drawn: int, before: dict, built: Path
     ) -> SourceUse:
         source = cfg.data.sources[name]
-        drawn = round(weight * tokens)
         cumulative = before.get(name, 0) + drawn
         available = known_available_tokens(source, built)
         epochs = cumulative / available if available else None
@@ -243,6 +252,8 @@ class Planner:
             )
         else:
             status = "ok"
+        if is_hub_id(source.path) and not COMMIT.fullmatch(source.revision or ""):
+            self.unpinned.add(name)
         return SourceUse(
             name=name,
             domain=source.domain,
@@ -262,6 +273,11 @@ class Planner:
             messages.append(message)
 
     def result(self, cfg: RunConfig) -> Plan:
+        if self.unpinned:
+            self.warnings.append(
+                f"hub sources read at a branch, not a commit: {', '.join(sorted(self.unpinned))} (each build "
+                "records the commit it read; set data.sources.<name>.revision to a commit to pin the data)"
+            )
         return Plan(
             pipeline=cfg.pipeline.name,
             workdir=str(workdir(cfg)),
@@ -274,10 +290,12 @@ class Planner:
         )
 
 
-def _add(before: dict[str, int], weights: dict[str, float], tokens: int) -> dict[str, int]:
-    after = dict(before)
-    for name, weight in weights.items():
-        after[name] = after.get(name, 0) + round(weight * tokens)
+def _add(origin: _Drawn, tokens: int) -> dict[str, int]:
+    """What was drawn before `origin`'s stage and in its first `tokens` tokens, per source, to
+    the token as the sampler draws it (every source ever drawn from, not only the stage's)."""
+    after = dict(origin.consumed_at_start)
+    for name, drawn in stage_tokens(origin.weights, tokens // origin.seq_len, origin.seq_len).items():
+        after[name] = after.get(name, 0) + drawn
     return after
 
 

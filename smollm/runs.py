@@ -236,6 +236,15 @@ def built_token_counts(cfg: RunConfig, sources: Mapping[str, StepResult]) -> dic
     return out
 
 
+def rebalance_sources(cfg: RunConfig, consumed: Mapping[str, int], swept: set[str]) -> set[str]:
+    """The sources a rebalance weighs besides the stage's own that need their build for a token
+    count: those its rules name, its sweeps trained on, and every source drawn from so far (a
+    source a stage left out keeps its consumed tokens under its epoch cap)."""
+    named = {s for rule in cfg.rebalance.rules for s in rule.sources}
+    drawn = {name for name, tokens in consumed.items() if tokens > 0}
+    return {s for s in named | swept | drawn if s in cfg.data.sources and not cfg.data.sources[s].available_tokens}
+
+
 def rebalance_inputs(
     cfg: RunConfig,
     stage_index: int,

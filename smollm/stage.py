@@ -10,6 +10,7 @@ MLflow records from `smollm.runs`); benchmarks and tests call them directly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from smollm.config import RunConfig, SourceConfig, StageConfig
-from smollm.data.sources import environment_fingerprint
+from smollm.data.sources import environment_fingerprint, hub_commit
 from smollm.schema import to_dict
 from smollm.steps import Step, StepResult, run_step
 from smollm.tracking import NullTracker, Tracker
@@ -30,6 +31,7 @@ SOURCE_CONTENT_FIELDS = (
     "subset",
     "data_dir",
     "data_files",
+    "revision",
     "split",
     "text_field",
     "text_join",
@@ -40,18 +42,12 @@ SOURCE_CONTENT_FIELDS = (
     "heldout_docs",
     "seed",
 )
-EVAL_CODE = tuple(
-    f"smollm.evaluation.{m}"
-    for m in (
-        "suite",
-        "items",
-        "result",
-        "lighteval_tasks",
-        "lighteval_builtin",
-        "lighteval_backend",
-        "lighteval_model",
-    )
-)
+# The module of each step's function: its closure of project modules and the libraries they
+# import are the step's code (`smollm.step_code`).
+TOKENIZER_CODE = ("smollm.data.tokenizer",)
+TOKENS_CODE = ("smollm.data.shards",)
+TRAIN_CODE = ("smollm.train",)
+EVAL_CODE = ("smollm.evaluation.lighteval_backend",)
 # Train fields that do not change the result.
 TRAIN_BOOKKEEPING_FIELDS = (
     "progress",
@@ -86,7 +82,7 @@ def tokenizer_step(cfg: RunConfig) -> Step:
     config: dict[str, Any] = {"tokenizer": to_dict(cfg.tokenizer)}
     if cfg.tokenizer.kind == "train_bpe":
         config["sources"] = {name: source_slice(s) for name, s in sorted(cfg.data.sources.items())}
-    return Step("tokenizer", cfg.tokenizer.name, config, code=("smollm.data.tokenizer", "smollm.data.sources"))
+    return Step("tokenizer", cfg.tokenizer.name, config, code=TOKENIZER_CODE)
 
 
 def prepare_tokenizer(cfg: RunConfig) -> StepResult:
@@ -104,7 +100,7 @@ def source_step(cfg: RunConfig, name: str, tokenizer: StepResult) -> Step:
         name,
         config,
         upstream=(tokenizer.identity,),
-        code=("smollm.data.shards", "smollm.data.sources", "smollm.data.synthetic_math"),
+        code=TOKENS_CODE,
     )
 
 
@@ -114,6 +110,9 @@ def build_source(cfg: RunConfig, name: str, tokenizer: StepResult) -> StepResult
     from smollm.data.shards import TokenizedSource, tokenize_source
 
     source, executor = cfg.data.sources[name], cfg.data.executor
+    commit = hub_commit(source)  # the declared revision is the identity; the commit is what is read
+    if commit is not None:
+        source = dataclasses.replace(source, revision=commit)
 
     def build(out: Path) -> dict:
         if executor.kind == "inline":
@@ -159,7 +158,7 @@ def training_step(
         name,
         config,
         upstream=tuple(upstream),
-        code=("smollm.train", "smollm.data.sampler", "smollm.model", "smollm.schedule"),
+        code=TRAIN_CODE,
     )
 
 

@@ -1,7 +1,8 @@
 """Step identity and atomic, skippable step outputs.
 
-A step is a kind, a name, a JSON config slice, its upstream steps' identities and the source of
-the code that computes it. Its identity is a content hash of exactly those; its output lives at
+A step is a kind, a name, a JSON config slice, its upstream steps' identities and the code that
+computes it: the source of every project module it can import and the versions of the libraries
+they import (`smollm.step_code`). Its identity is a content hash of exactly those; its output lives at
 `<workdir>/<kind>/<name>-<hash>`, built in a temporary folder, fsynced, renamed into place, with a
 completion marker inside. A complete output is never rebuilt, across processes and flow runs
 (`docs/architecture.md`, "Step identity and caching").
@@ -13,7 +14,6 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -26,6 +26,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from smollm.step_code import code_hashes, libraries
+
 MARKER = "_COMPLETE.json"
 
 
@@ -36,19 +38,6 @@ def canonical_json(obj: Any) -> str:
 
 def content_hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
-
-
-@cache
-def code_version(module_name: str) -> str:
-    """Hash of a module's source file: editing the code of a step invalidates its outputs.
-
-    Read from the file the import system would load, without importing it (the evaluation
-    modules import lighteval, which takes seconds).
-    """
-    spec = importlib.util.find_spec(module_name)
-    if spec is None or spec.origin is None:
-        raise ValueError(f"code_version: no source for module {module_name!r}")
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
 
 
 @cache
@@ -80,7 +69,8 @@ class Step:
     config: Mapping[str, Any]
     upstream: Sequence[str] = ()
     code: Sequence[str] = ()
-    """Modules whose source is part of the identity."""
+    """The modules that compute the step: every project module they can import, and the
+    versions of the libraries those import, are part of the identity (`smollm.step_code`)."""
     _identity: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
@@ -88,7 +78,7 @@ class Step:
             "kind": self.kind,
             "config": self.config,
             "upstream": list(self.upstream),
-            "code": {m: code_version(m) for m in self.code},
+            **code_identity(self.code),
         }
         try:
             object.__setattr__(self, "_identity", content_hash(payload))
@@ -169,6 +159,12 @@ class StepResult:
     computed: bool
 
 
+def code_identity(entries: Sequence[str]) -> dict[str, Any]:
+    """The code part of a step's identity: its modules' closure, hashed, and the libraries'."""
+    modules = tuple(sorted(entries))
+    return {"code": code_hashes(modules), "libraries": libraries(modules)} if modules else {}
+
+
 def provenance(step: Step) -> dict[str, Any]:
     return {
         "kind": step.kind,
@@ -176,7 +172,7 @@ def provenance(step: Step) -> dict[str, Any]:
         "identity": step.identity,
         "config": step.config,
         "upstream": list(step.upstream),
-        "code": {m: code_version(m) for m in step.code},
+        **code_identity(step.code),
         "git_commit": git_commit(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
     }

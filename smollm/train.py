@@ -29,6 +29,7 @@ from smollm.checkpoint import (  # noqa: F401 - re-exported: callers load checkp
     BackgroundWriter,
     latest_resume_point,
     load_checkpoint,
+    moments_digest,
     save_checkpoint,
     save_resume_point,
     snapshot,
@@ -128,8 +129,12 @@ class Trainer:
         if run.train.compile:
             self.module = torch.compile(self.module)
         self.optimizer = make_optimizer(self.model, run.train)
+        self.optimizer_loaded: dict[str, Any] | None = None
+        """What the optimizer holds after loading the start checkpoint, measured against what the
+        checkpoint saved (`moments_digest`); None when the stage starts from scratch."""
         if state is not None:
             load_states(self.model, self.optimizer, None, state["optimizer"], self.sharded)
+            self.optimizer_loaded = self._measure_loaded(state["optimizer"])
             self.step, self.tokens_seen = state["step"], state["tokens_seen"]
             self.sampler.load_state_dict(state["sampler"], new_stage=True)
         self.start_step = self.step
@@ -160,6 +165,12 @@ class Trainer:
             raise ValueError(
                 f"model: does not fit the checkpoint {self.run.init_checkpoint}: size mismatch of its weights"
             ) from None
+
+    def _measure_loaded(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """The live optimizer's moments against the checkpoint's (every process gathers when sharded)."""
+        live = moments_digest(optimizer_state(self.model, self.optimizer, self.sharded))
+        expected = moments_digest(saved)
+        return {"checkpoint": str(self.run.init_checkpoint), "expected": expected, "loaded": live}
 
     def _resume(self) -> Path | None:
         point = latest_resume_point(self.run.resume_dir) or self.run.resume_from
@@ -208,6 +219,11 @@ class Trainer:
                 "skipped_window": {"steps": [self.step + 1, at_step], "drawn_tokens_per_source_at_end": drawn},
             }
         )
+
+    def _optimizer_state_loaded(self) -> bool:
+        """Whether the start checkpoint's AdamW moments are what the optimizer held after loading."""
+        loaded = self.optimizer_loaded
+        return bool(loaded and loaded["expected"]["parameters"] and loaded["loaded"] == loaded["expected"])
 
     def state(self) -> dict[str, Any]:
         return {
@@ -366,7 +382,8 @@ class Trainer:
             "events": self.events,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "mlflow_run_id": self.run_id,
-            "optimizer_state_loaded": self.run.init_checkpoint is not None,
+            "optimizer_state_loaded": self._optimizer_state_loaded(),
+            "optimizer_state": self.optimizer_loaded,
             "seconds": elapsed,
             "tokens_per_second": (self.step - self.start_step) * self.run.train.tokens_per_step / max(elapsed, 1e-9),
         }

@@ -62,10 +62,14 @@ def test_json_plan_parses_and_carries_the_numbers(tmp_path):
     assert plan["flops"] == pytest.approx(sum(s["flops"] for s in plan["stages"]))
     assert 1e23 < plan["flops"] < 1.5e23  # the paper: ~1e23 FLOPs for SmolLM2-1.7B
     owm = {u["name"]: u for u in stages["stage2"]["sources"]}["open_web_math"]
-    assert owm["tokens"] == round(0.05 * stages["stage2"]["train_tokens"])
+    # to the token as the sampler draws them: 5% quantised to 2^-20 of the stage's samples
+    assert owm["tokens"] == pytest.approx(0.05 * stages["stage2"]["train_tokens"], rel=1e-5)
+    assert owm["tokens"] % 2048 == 0  # whole windows of seq_len tokens
     assert owm["epochs"] == pytest.approx(owm["cumulative_tokens"] / 12e9) and owm["status"] == "warn"
     fineweb = {u["name"]: u for u in stages["stage2"]["sources"]}["fineweb_edu"]
-    assert fineweb["cumulative_tokens"] == round(0.54 * stage1["train_tokens"]) + fineweb["tokens"]
+    first = {u["name"]: u for u in stage1["sources"]}["fineweb_edu"]
+    assert fineweb["cumulative_tokens"] == first["tokens"] + fineweb["tokens"]
+    assert first["tokens"] == pytest.approx(0.54 * stage1["train_tokens"], rel=1e-5)
     trains = [s["name"] for s in stages["stage4"]["steps"] if s["kind"] == "train"]
     assert trains == ["smollm2_1.7b-stage4@925B", "smollm2_1.7b-stage4"]  # stage 4 keeps the branch point
     # the DAG's edges: the branch reads the prefix, which reads stage 3's checkpoint
@@ -120,25 +124,33 @@ def _tiny(cfg) -> list[str]:
 
 
 def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
-    """The identities of the demo's data and first stages as of this commit's step code and
-    configs: a change here invalidates every user's cache, so it must be deliberate (update the
-    pins and say why). The interpreter the stdlib sources are read from is fixed here, so the
-    pins hold on any machine. Pinned at 0bb3b77; the orchestration rebuild left the data and
-    training identities unchanged, and changed the evaluation's (45bff518 at 0bb3b77) with one
-    docstring of its code (`lighteval_backend` cited a file outside the repo)."""
+    """The identities of the demo's data and first stages as of this commit's configs and step
+    structure: a change here invalidates every user's cache, so it must be deliberate (update
+    the pins and say why). What the code and the machine add is fixed here — each module of a
+    step's closure hashes to its name, the libraries and the interpreter the stdlib sources are
+    read from are placeholders — so the pins hold on any machine and across edits of the code
+    (tests/test_step_code.py shows what each edit invalidates). Re-pinned when the code part
+    became the whole import closure plus library versions (issue 17); before that, 0bb3b77."""
     import smollm.stage
+    import smollm.steps
+    from smollm.step_code import closure
 
     monkeypatch.setattr(
         smollm.stage, "environment_fingerprint", lambda source: {"python": "3.11.7", "stdlib": "/pinned"}
     )
+    monkeypatch.setattr(
+        smollm.steps,
+        "code_identity",
+        lambda entries: {"code": {m: m for m in closure(tuple(sorted(entries)))}, "libraries": {"pinned": "1"}},
+    )
     plan = make_plan([f"workdir={tmp_path}"])
     steps = {(s.kind, s.name): s.identity[:16] for s in plan.stages[0].steps}
     assert steps == {
-        ("tokenizer", "bpe_2k"): "367aed4c4bb73f52",
-        ("tokens", "stdlib_code"): "688db2d9c2f91f21",
-        ("tokens", "stdlib_prose"): "1b9491e9608c0d6f",
-        ("tokens", "synthetic_math"): "2eb31b04d4670cb1",
-        ("train", "demo-stage1"): "f5340aaaef5b4f0b",
-        ("eval", "demo-stage1-f5340aaaef5b"): "2fdab71075b6e654",
+        ("tokenizer", "bpe_2k"): "39364b4ccb71ee22",
+        ("tokens", "stdlib_code"): "1f05c6d947c41903",
+        ("tokens", "stdlib_prose"): "17ac40f0b4563efb",
+        ("tokens", "synthetic_math"): "f99fe49abaeb0918",
+        ("train", "demo-stage1"): "1e3b34beb089077a",
+        ("eval", "demo-stage1-1e3b34beb089"): "7cee50a8ae018dbf",
     }
-    assert plan.stages[1].train_identity[:16] == "4c421e9b448e365f"  # on the estimate: stage 1's mixture
+    assert plan.stages[1].train_identity[:16] == "f1e0901be476b4ba"  # on the estimate: stage 1's mixture

@@ -6,9 +6,11 @@ to replay, computed a chunk at a time in vectorised integer arithmetic. Within a
 are contiguous windows of `seq_len + 1` tokens, visited in a seeded permutation that is redrawn
 every epoch; a batch's windows are located together and copied straight into the batch.
 
-The whole state is two counters per source (windows drawn in total, samples drawn this stage),
-so saving it and loading it resumes at the exact position; the next stage keeps the totals,
-so a source continues where it stopped instead of repeating its start.
+The whole state is a few counters per source (windows and tokens drawn in total, samples drawn
+this stage), so saving it and loading it resumes at the exact position; the next stage keeps
+the totals of every source ever drawn from, those it leaves out included, so a source continues
+where it stopped instead of repeating its start, also when it returns after a stage without it.
+`stage_tokens` is the same count without a sampler: what `smollm plan` adds up.
 """
 
 from __future__ import annotations
@@ -118,6 +120,15 @@ def _reader_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="smollm-read")
 
 
+def stage_tokens(weights: Mapping[str, float], samples: int, seq_len: int) -> dict[str, int]:
+    """Tokens each source gives the first `samples` samples of a stage on `weights` (as the
+    sampler draws them: the blend index's counts, `seq_len` tokens a window)."""
+    names = [name for name in sorted(weights) if weights[name] > 0]
+    shares = quantise(np.array([weights[name] for name in names], dtype=np.float64))
+    counts = blend_counts(shares, samples) if samples else np.zeros(len(names), np.int64)
+    return {name: int(count) * seq_len for name, count in zip(names, counts.tolist(), strict=True)}
+
+
 class MixtureSampler:
     """Draws `[batch, seq_len + 1]` token arrays from sources in proportion to their weights.
 
@@ -146,7 +157,12 @@ class MixtureSampler:
         self.read_threads = read_threads
         """Threads that copy read-ahead windows (numpy releases the GIL while copying)."""
         self.stage_start = {name: 0 for name in sources}
-        """Windows drawn from each source before this stage."""
+        """Windows drawn from each source before this stage: every source ever drawn from, also
+        those this stage does not open (a source left out for a stage keeps its place)."""
+        self.tokens_before = {name: 0 for name in sources}
+        """Tokens drawn from each source before this stage (exact across a change of seq_len)."""
+        self.source_tokens = {name: source.num_tokens for name, source in sources.items()}
+        """Each source's size in tokens, carried for sources this stage does not open."""
         self.position = 0
         """Samples drawn in this stage."""
         self._chunk: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int16))
@@ -215,24 +231,30 @@ class MixtureSampler:
         return buffer
 
     def tokens_per_source(self, *, stage_only: bool = False) -> dict[str, int]:
-        """Tokens consumed per source, this stage or in total (a window counts `seq_len`)."""
+        """Tokens consumed per source, this stage or in total, every source ever drawn from
+        (a window counts `seq_len`)."""
+        stage = {n: int(c) * self.seq_len for n, c in zip(self.names, self.stage_samples, strict=True)}
         if stage_only:
-            return {n: int(c) * self.seq_len for n, c in zip(self.names, self.stage_samples, strict=True)}
-        return {name: count * self.seq_len for name, count in self.total_windows.items()}
+            return stage
+        return {name: before + stage.get(name, 0) for name, before in self.tokens_before.items()}
 
     def epochs_per_source(self) -> dict[str, float]:
-        return {
-            name: tokens / self.windows[name].source.num_tokens for name, tokens in self.tokens_per_source().items()
-        }
+        sizes = self.source_tokens  # a source left out since a checkpoint older than its size's record: none
+        return {name: tokens / sizes[name] for name, tokens in self.tokens_per_source().items() if name in sizes}
 
     def state_dict(self) -> dict:
         return {
             "total_windows": self.total_windows,
             "stage_samples": dict(zip(self.names, self.stage_samples.tolist(), strict=True)),
+            "total_tokens": self.tokens_per_source(),
+            "source_tokens": dict(self.source_tokens),
+            "seq_len": self.seq_len,
         }
 
     def load_state_dict(self, state: dict, *, new_stage: bool = False) -> None:
-        """Resume at the saved position; `new_stage` keeps the totals and restarts the blend."""
+        """Resume at the saved position; `new_stage` keeps the totals of every source (those
+        this stage leaves out too) and restarts the blend. A stage with another `seq_len`
+        continues each source at the window its tokens so far reach, in the new windows' order."""
         stage = {} if new_stage else state["stage_samples"]
         samples = np.array([stage.get(n, 0) for n in self.names], dtype=np.int64)
         expected = blend_counts(self.shares, int(samples.sum()))
@@ -241,9 +263,17 @@ class MixtureSampler:
                 f"sampler state: samples per source {dict(zip(self.names, samples.tolist(), strict=True))} "
                 f"are not this mixture's blend at that point {dict(zip(self.names, expected.tolist(), strict=True))}"
             )
-        for name, count in state["total_windows"].items():
-            if name in self.stage_start:
-                self.stage_start[name] = int(count) - int(stage.get(name, 0))
+        saved_seq_len = state.get("seq_len", self.seq_len)
+        windows = {name: int(count) for name, count in state["total_windows"].items()}
+        tokens = state.get("total_tokens") or {name: count * saved_seq_len for name, count in windows.items()}
+        if saved_seq_len != self.seq_len:
+            windows = {name: int(count) // self.seq_len for name, count in tokens.items()}
+        for name in windows:
+            drawn = int(stage.get(name, 0))
+            self.stage_start[name] = windows[name] - drawn
+            self.tokens_before[name] = int(tokens[name]) - drawn * self.seq_len
+        for name, size in state.get("source_tokens", {}).items():
+            self.source_tokens.setdefault(name, int(size))
         self.position = int(samples.sum())
         self._ahead = _Ahead(self.position, samples[None, :], self._ahead.rows[:0])
 

@@ -137,6 +137,7 @@ def finish_source(
         "num_docs": len(lengths),
         "num_bytes": num_bytes,
         "heldout_docs": source.heldout_docs,
+        "revision": source.revision,
         "heldout_sha256": sha256_file(output / "heldout.jsonl"),
         "shards": shards,
     }

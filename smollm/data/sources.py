@@ -9,7 +9,9 @@ Built-in sources exist on any machine with Python, so the embedded default runs 
 like the hub repo (README configs, parquet/jsonl.zst files), a `save_to_disk` folder, or data
 files — so a hub dataset and its local stand-in differ only in `path`. Datasets that carry ids
 instead of text (Stack-Edu, Python-Edu) are fetched through `content_url` with urllib, so a
-`file://` folder of blobs stands in for Software Heritage's bucket.
+`file://` folder of blobs stands in for Software Heritage's bucket. A hub source's declared
+`revision` (a branch, tag or commit) is part of its identity; its build asks the hub which
+commit that is (`hub_commit`), reads that commit and records it in the manifest.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import ast
 import gzip
 import platform
 import random
+import re
 import sysconfig
 import time
 import urllib.error
@@ -107,6 +110,27 @@ def _parts(source: SourceConfig) -> list[tuple[str | None, str | None]]:
     return [(subset, data_dir) for subset in subsets for data_dir in data_dirs]
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(path: str | None) -> bool:
+    """Whether `path` names a hub dataset (`org/name`), not a local folder or a packaged builder."""
+    return bool(path) and HUB_ID.match(path or "") is not None and not Path(path or "").exists()
+
+
+def hub_commit(source: SourceConfig) -> str | None:
+    """The commit the hub's dataset repo is at for the source's `revision` (its default branch
+    if None), asked now; None for local data, or offline (`HF_HUB_OFFLINE`), where the build
+    reads the cached copy of the declared revision."""
+    if source.loader != "hf" or source.path is None or not is_hub_id(source.path):
+        return None
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    return HfApi().dataset_info(source.path, revision=source.revision).sha
+
+
 def _load(source: SourceConfig, subset: str | None, data_dir: str | None) -> Any:
     import datasets
 
@@ -121,6 +145,7 @@ def _load(source: SourceConfig, subset: str | None, data_dir: str | None) -> Any
         data_files=source.data_files,
         split=source.split,
         streaming=source.streaming,
+        revision=source.revision if is_hub_id(source.path) else None,
     )
 
 

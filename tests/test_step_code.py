@@ -1,0 +1,138 @@
+"""A step's identity is everything its output depends on: an edit of any module in its import
+closure, or another version of a library the closure imports, makes exactly the dependent steps
+"to run" in `smollm plan`, and nothing else; a hub source's declared revision is in its identity.
+
+The closure is read from a copy of the source tree (`step_code.ROOT` pointed at it), so the edits
+never touch the checkout; the work dir is the session's built data (tokenizer and sources
+complete), so "to run" is the plan's own verdict on real outputs.
+"""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from flows.plan import make_plan
+from smollm import step_code
+from smollm.config import SourceConfig
+from smollm.data.sources import hub_commit, is_hub_id
+from smollm.stage import source_slice
+from tests.test_plan import _tiny
+
+CHECKOUT = step_code.ROOT
+CACHED = (step_code.imported_names, step_code.closure, step_code.module_hash, step_code.libraries)
+
+
+def _forget() -> None:
+    for function in CACHED:
+        function.cache_clear()
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    """A copy of the project's modules, hashed in place of the checkout's."""
+    shutil.copytree(step_code.ROOT / "smollm", tmp_path / "smollm", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(step_code, "ROOT", tmp_path)
+    _forget()
+    yield tmp_path
+    _forget()
+
+
+def _steps(built) -> dict[tuple[str, str], tuple[str, bool]]:
+    cfg = built[0]
+    plan = make_plan([f"workdir={cfg.workdir}", *_tiny(cfg)])
+    return {
+        (s.kind, s.name.split("-")[0] if s.kind == "eval" else s.name): (s.identity, s.complete)
+        for s in plan.stages[0].steps
+    }
+
+
+def _edit(tree, module: str) -> None:
+    path = tree.joinpath(*module.split(".")).with_suffix(".py")
+    path.write_text(path.read_text() + "\n# an edit\n")
+    _forget()
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    assert before.keys() == after.keys()
+    return {key[0] for key, (identity, _) in before.items() if after[key][0] != identity}
+
+
+def test_identities_do_not_depend_on_where_the_tree_is(built, tree, monkeypatch):
+    copy = _steps(built)
+    assert all(complete for (kind, _), (_, complete) in copy.items() if kind in ("tokenizer", "tokens"))
+    monkeypatch.setattr(step_code, "ROOT", CHECKOUT)
+    _forget()
+    assert _steps(built) == copy
+
+
+@pytest.mark.parametrize(
+    ("module", "dependent"),
+    [
+        ("smollm.data.blend", {"train", "eval"}),  # which source each sample comes from
+        ("smollm.spikes", {"train", "eval"}),
+        ("smollm.checkpoint", {"train", "eval"}),
+        ("smollm.distributed", {"train", "eval"}),
+        ("smollm.data.shards", {"tokens", "train", "eval"}),
+        ("smollm.data.tokenizer", {"tokenizer", "tokens", "train", "eval"}),
+        ("smollm.evaluation.lighteval_tasks", {"eval"}),
+        ("smollm.rebalance.rules", set()),  # decides mixtures, computes no step
+        ("smollm.plan", set()),
+    ],
+)
+def test_an_edit_makes_exactly_the_dependent_steps_to_run(built, tree, module, dependent):
+    before = _steps(built)
+    _edit(tree, module)
+    after = _steps(built)
+    assert _changed(before, after) == dependent
+    for (kind, name), (_, complete) in after.items():
+        if kind in ("tokenizer", "tokens"):  # built by the session: complete unless their code changed
+            assert complete == (kind not in dependent), (kind, name)
+
+
+@pytest.mark.parametrize(
+    ("distribution", "dependent"),
+    [
+        ("torch", {"train", "eval"}),
+        ("numpy", {"tokens", "train", "eval"}),
+        ("tokenizers", {"tokenizer", "tokens", "train", "eval"}),
+        ("lighteval", {"eval"}),
+        ("prefect", set()),  # the orchestrator's: no step imports it
+    ],
+)
+def test_another_library_version_makes_exactly_its_users_to_run(built, tree, monkeypatch, distribution, dependent):
+    before = _steps(built)
+    real = step_code.metadata.version
+    monkeypatch.setattr(
+        step_code.metadata, "version", lambda name: "0.0.0-other" if name == distribution else real(name)
+    )
+    _forget()
+    assert _changed(before, _steps(built)) == dependent
+
+
+def test_the_closure_is_read_from_the_source_without_importing():
+    closure = step_code.closure(("smollm.train",))
+    assert {"smollm.data.blend", "smollm.spikes", "smollm.checkpoint", "smollm.distributed"} <= set(closure)
+    assert "smollm.evaluation.lighteval_backend" in step_code.closure(("smollm.evaluation.lighteval_backend",))
+    libraries = step_code.libraries(("smollm.evaluation.lighteval_backend",))
+    assert {"lighteval", "torch", "transformers", "python"} <= set(libraries)
+    assert "lighteval" not in step_code.libraries(("smollm.train",))
+    with pytest.raises(ValueError, match=r"^step code: no source for module 'smollm\.nope'"):
+        step_code.closure(("smollm.nope",))
+    code = (
+        "import sys; from smollm import step_code; "
+        "step_code.libraries(('smollm.evaluation.lighteval_backend',)); print('lighteval' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"  # lighteval's import takes seconds: the plan never pays it
+
+
+def test_a_hub_source_s_revision_is_part_of_its_identity_and_is_read_as_declared(tmp_path, monkeypatch):
+    hub = SourceConfig(name="fw", loader="hf", path="HuggingFaceFW/fineweb-edu")
+    pinned = SourceConfig(name="fw", loader="hf", path="HuggingFaceFW/fineweb-edu", revision="a" * 40)
+    assert source_slice(hub) != source_slice(pinned) and source_slice(pinned)["revision"] == "a" * 40
+    assert is_hub_id(hub.path) and not is_hub_id(str(tmp_path)) and not is_hub_id("parquet")
+    assert hub_commit(pinned) is None  # offline (HF_HUB_OFFLINE): the cached copy of the declared revision
+    local = SourceConfig(name="fw", loader="hf", path=str(tmp_path), revision="v1")
+    assert hub_commit(local) is None  # a local stand-in has no hub revision
