@@ -4,10 +4,16 @@ With `rebalance.approval.ask: true`, the pipeline flow pauses after a stage's re
 waits for typed input (Prefect's `pause_flow_run(wait_for_input=...)`): the form shows the
 proposal (its diff and reasons in the description) with the proposed weights filled in. The
 person approves, edits the weights, or rejects (the pipeline stops there). An edit is validated
-like any mixture config — declared sources, weights in [0, 1] summing to 1 — and written as a
-generated mixture with its provenance; an invalid edit is rejected with the field named and the
-form asked again. When nobody answers within `timeout_seconds`, `on_timeout` applies (proceed
-or stop); so it does at once when no server is there to ask on (the embedded default).
+like any mixture config — declared sources, weights in [0, 1] summing to 1 — and then held to
+the constraints the proposal was held to (`smollm.rebalance.violations` against the proposal's
+`constraints` and the mixture it moves from: min/max weight, `max_change`, the epoch cap). An
+invalid edit, or one that breaks a constraint, is refused with one line naming the field, the
+constraint and the value, and the form is asked again. Ticking `override_constraints` accepts
+an edit that breaks constraints (never an invalid one): the broken constraints are recorded in
+the written mixture's provenance and in the approval record on the stage run. An accepted edit
+is written as a generated mixture with its provenance. When nobody answers within
+`timeout_seconds`, `on_timeout` applies (proceed or stop); so it does at once when no server is
+there to ask on (the embedded default).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from prefect.runtime import flow_run
 
 from flows.runtime import server_can_ask
 from smollm.config import ConfigError, MixtureConfig, RunConfig
-from smollm.rebalance import Proposal, write_generated_mixture
+from smollm.rebalance import Proposal, violations, write_generated_mixture
 from smollm.rebalance.write import weights_digest
 from smollm.results import ProposedMixture, StageResult
 from smollm.schema import from_dict
@@ -37,12 +43,15 @@ class SourceWeight(pydantic.BaseModel):
 
 class MixtureApproval(RunInput):
     """The form: keep `approve` and the weights to accept the proposal; edit the weights (they
-    must sum to 1) to train the next stage on your mixture; untick `approve` to stop here. The
-    weights are rows (the UI renders a row per source; the server checks each weight's range)."""
+    must sum to 1 and keep the proposal's constraints) to train the next stage on your mixture;
+    tick `override_constraints` to accept an edit that breaks them (recorded); untick `approve`
+    to stop here. The weights are rows (the UI renders a row per source; the server checks each
+    weight's range)."""
 
     approve: bool = True
     weights: list[SourceWeight]
     note: str = ""
+    override_constraints: bool = False
 
     def mixture(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -64,6 +73,8 @@ class ApprovalDecision:
     how: str
     """approved | edited | rejected | timeout-proceed | timeout-stop | no-server-proceed | no-server-stop"""
     weights: dict[str, float] | None = None
+    overridden_constraints: tuple[str, ...] = ()
+    """The constraints an accepted edit breaks (`override_constraints`), one line each."""
 
 
 def validate_edit(cfg: RunConfig, weights: dict[str, float]) -> MixtureConfig:
@@ -74,6 +85,18 @@ def validate_edit(cfg: RunConfig, weights: dict[str, float]) -> MixtureConfig:
         if source not in cfg.data.sources:
             raise ConfigError(f"mixture.weights.{source}: is not a declared source {declared}, got {source!r}")
     return mixture
+
+
+def check_constraints(proposed: ProposedMixture, weights: dict[str, float], override: bool) -> tuple[str, ...]:
+    """The constraints the edit breaks, held like the proposal was (same constraints, moving from
+    the same mixture): `ConfigError` naming them, or with `override` the list to record."""
+    broken = tuple(
+        f"mixture.weights.{v.source}: {v.detail}" if v.source else f"mixture.weights: {v.detail}"
+        for v in violations(weights, proposed.previous, proposed.constraints)
+    )
+    if broken and not override:
+        raise ConfigError("; ".join(broken) + " (tick override_constraints to accept it anyway)")
+    return broken
 
 
 def ask(cfg: RunConfig, proposed: ProposedMixture, stage_run_id: str, next_stage: str) -> ApprovalDecision:
@@ -101,11 +124,13 @@ def ask(cfg: RunConfig, proposed: ProposedMixture, stage_run_id: str, next_stage
             if _same(weights, proposed.weights):
                 return ApprovalDecision(proposed.name, "approved", proposed.weights)
             validate_edit(cfg, weights)
+            broken = check_constraints(proposed, weights, answer.override_constraints)
         except (ConfigError, ValueError) as err:
             rejected = str(err)
             print(f"approval: edit rejected: {rejected}")
             continue
-        return ApprovalDecision(_write_edit(cfg, proposed, stage_run_id, weights, answer.note), "edited", weights)
+        name = _write_edit(cfg, proposed, stage_run_id, weights, answer.note, broken)
+        return ApprovalDecision(name, "edited", weights, broken)
 
 
 def _running_again() -> None:
@@ -131,7 +156,9 @@ def _default(proposed: ProposedMixture, how: str, on_timeout: str) -> ApprovalDe
 
 def _description(explanation: str, next_stage: str, rejected: str) -> str:
     head = (
-        f"**Approve the mixture for {next_stage}**, edit its weights (they must sum to 1), or untick approve to stop."
+        f"**Approve the mixture for {next_stage}**, edit its weights (they must sum to 1 and keep the constraints"
+        " the proposal kept: min/max weight, max_change, epoch cap; tick override_constraints to break them),"
+        " or untick approve to stop."
     )
     if rejected:
         head = f"**Your edit was rejected:** `{rejected}`\n\n{head}"
@@ -139,19 +166,23 @@ def _description(explanation: str, next_stage: str, rejected: str) -> str:
 
 
 def _write_edit(
-    cfg: RunConfig, proposed: ProposedMixture, stage_run_id: str, weights: dict[str, float], note: str
+    cfg: RunConfig,
+    proposed: ProposedMixture,
+    stage_run_id: str,
+    weights: dict[str, float],
+    note: str,
+    broken: tuple[str, ...],
 ) -> str:
     name = f"{proposed.name}-edited-{weights_digest(weights)}"
-    edit = Proposal(
-        {k: v for k, v in sorted(weights.items()) if v > 0},
-        proposed.previous,
-        "edited",
-        [f"edited in the Prefect UI (flow run {flow_run.id})" + (f": {note}" if note else "")],
-    )
+    why = [f"edited in the Prefect UI (flow run {flow_run.id})" + (f": {note}" if note else "")]
+    why += [f"constraint overridden: {line}" for line in broken] or ["within the proposal's constraints"]
+    edit = Proposal({k: v for k, v in sorted(weights.items()) if v > 0}, proposed.previous, "edited", why)
     provenance = {
         "policy": "edited in the Prefect UI",
         "proposed_mixture": proposed.name,
         "proposed_weights": proposed.weights,
+        "constraints": proposed.constraints.to_dict(),
+        "overridden_constraints": list(broken),
         "prefect_flow_run": str(flow_run.id),
         "mlflow_runs": {"stage": stage_run_id},
     }
@@ -164,12 +195,17 @@ def approve_next(
 ) -> tuple[str | None, StageResult]:
     """The next stage's mixture after `stage`'s rebalance: its proposal, or — with
     `rebalance.approval.ask` — what a person decided (None: stop). The decision is recorded on
-    the stage run (`rebalance/approval.json`, tag `smollm.approval`) and in the stage's result."""
+    the stage run (`rebalance/approval.json`, tag `smollm.approval`; the constraints an edit
+    overrode, tag `smollm.approval.overridden_constraints`) and in the stage's result."""
     assert stage.proposal is not None  # the lineage asks only after a rebalance
     if not cfg.rebalance.approval.ask:
         return stage.proposal.name, stage
     decision = ask(cfg, stage.proposal, stage.stage_run_id, next_stage)
-    record = {"how": decision.how, "mixture": decision.mixture, "weights": decision.weights}
-    tracker.log_dict(stage.stage_run_id, record, "rebalance/approval.json")
-    tracker.set_tags(stage.stage_run_id, {"smollm.approval": decision.how})
-    return decision.mixture, replace(stage, approval={"how": decision.how, "mixture": decision.mixture})
+    overridden = list(decision.overridden_constraints)
+    approval = {"how": decision.how, "mixture": decision.mixture, "overridden_constraints": overridden}
+    tracker.log_dict(stage.stage_run_id, {**approval, "weights": decision.weights}, "rebalance/approval.json")
+    tags = {"smollm.approval": decision.how}
+    if overridden:
+        tags["smollm.approval.overridden_constraints"] = "; ".join(overridden)
+    tracker.set_tags(stage.stage_run_id, tags)
+    return decision.mixture, replace(stage, approval=approval)

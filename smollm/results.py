@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from smollm.config import RunConfig, StageConfig, load_run_config
+from smollm.rebalance.constraints import Constraints
 from smollm.schema import from_dict, to_dict
 from smollm.steps import StepResult
 
@@ -64,8 +65,12 @@ class ProposedMixture:
     name: str
     weights: dict[str, float]
     previous: dict[str, float]
+    """The mixture the proposal moves from: the `current` of its constraints (`max_change`)."""
     explanation: str
     """Markdown: the proposal, the previous mixture, the diff and the reasons."""
+    constraints: Constraints
+    """What the proposal was held to (per source: min/max weight, the epoch cap with the tokens
+    available and consumed; `max_change`); an edit at approval is checked against the same."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,7 +141,8 @@ class StageResult(TrainedStage):
     steps: list[str]
     """Identities of the steps this stage ran or found complete, in DAG order."""
     approval: dict[str, Any] | None = None
-    """How a person (or the timeout) decided on `proposal`: `{how, mixture}`."""
+    """How a person (or the timeout) decided on `proposal`: `{how, mixture, overridden_constraints}`
+    (the constraints an edit broke with `override_constraints`, one line each; else empty)."""
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

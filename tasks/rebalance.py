@@ -30,4 +30,10 @@ def rebalance_task(
         markdown=explanation,
         description="The proposed next mixture, the current one, the diff and the reasons",
     )
-    return ProposedMixture(name=name, weights=proposal.weights, previous=proposal.previous, explanation=explanation)
+    return ProposedMixture(
+        name=name,
+        weights=proposal.weights,
+        previous=proposal.previous,
+        explanation=explanation,
+        constraints=inputs.constraints,
+    )

@@ -6,7 +6,7 @@
 provenance and reasons in the header, never over a hand-written config.
 """
 
-from smollm.rebalance.constraints import Constraints, Infeasible, SourceLimits, violations
+from smollm.rebalance.constraints import Constraints, Infeasible, SourceLimits, Violation, violations
 from smollm.rebalance.inputs import RebalanceInputs, SweepRun
 from smollm.rebalance.propose import Proposal, propose
 from smollm.rebalance.write import (
@@ -27,6 +27,7 @@ __all__ = [
     "RebalanceInputs",
     "SourceLimits",
     "SweepRun",
+    "Violation",
     "generated_dir",
     "generated_mixture_name",
     "propose",

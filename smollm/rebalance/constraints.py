@@ -4,7 +4,9 @@ Per source: its min/max weight, at most `max_change` away from its current weigh
 cap (what is left of `max_epochs * available_tokens` after the tokens already consumed, over the
 next stage's budget). Together with "the weights sum to 1" they form a box on the simplex; a
 policy's targets are projected onto it (the closest point, Euclidean), and an empty box is an
-`Infeasible` error that names the constraints that conflict.
+`Infeasible` error that names the constraints that conflict. `violations` lists what a given
+mixture breaks: the check of every proposal in the tests, and of an edit made at approval
+(`flows/approval.py`).
 """
 
 from __future__ import annotations
@@ -155,25 +157,50 @@ def round_within(weights: Mapping[str, float], bounds: Mapping[str, Bounds], dig
     return {n: w for n, w in sorted(rounded.items()) if w > 0}
 
 
-def violations(weights: Mapping[str, float], current: Mapping[str, float], constraints: Constraints) -> list[str]:
-    """Every constraint `weights` breaks (empty for a valid proposal); what the tests check."""
+@dataclass(frozen=True)
+class Violation:
+    """One constraint a mixture breaks: on `source` (None: the mixture as a whole), the
+    constraint's name (`max_change`, `epoch_cap`, ...) and the value that breaks it."""
+
+    source: str | None
+    constraint: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.detail}" if self.source else self.detail
+
+
+def violations(weights: Mapping[str, float], current: Mapping[str, float], constraints: Constraints) -> list[Violation]:
+    """Every constraint `weights` breaks, moving from `current` (empty for a valid proposal):
+    what the tests check a policy's proposal with, and what an approval edit must pass."""
     found = []
     total = sum(weights.values())
     if abs(total - 1) > TOLERANCE:
-        found.append(f"weights sum to {total}")
+        found.append(Violation(None, "sum", f"weights sum to {total:.6f}, not 1"))
     for name in sorted(set(weights) | set(current)):
         w, before = weights.get(name, 0.0), current.get(name, 0.0)
         if name not in constraints.sources:
             if w > 0:
-                found.append(f"{name}: undeclared source")
+                found.append(Violation(name, "constraints", f"{w:g} on a source without constraints (not built)"))
             continue
-        limits = constraints.sources[name]
-        if w < 0:
-            found.append(f"{name}: negative weight {w}")
-        if w > limits.max_weight + TOLERANCE or w < limits.min_weight - TOLERANCE:
-            found.append(f"{name}: weight {w} outside [{limits.min_weight}, {limits.max_weight}]")
-        if abs(w - before) > constraints.max_change + TOLERANCE:
-            found.append(f"{name}: change {w - before:+.6f} beyond max_change {constraints.max_change}")
-        if w > constraints.epoch_cap(name) + TOLERANCE:
-            found.append(f"{name}: weight {w} past the epoch cap {constraints.epoch_cap(name):.6f}")
+        found += _source_violations(name, w, before, constraints)
+    return found
+
+
+def _source_violations(name: str, w: float, before: float, constraints: Constraints) -> list[Violation]:
+    limits, cap, change = constraints.sources[name], constraints.epoch_cap(name), constraints.max_change
+    found = []
+    if w < 0:
+        found.append(Violation(name, "negative", f"{w:g} is negative"))
+    if w > limits.max_weight + TOLERANCE:
+        found.append(Violation(name, "max_weight", f"{w:g} exceeds max_weight {limits.max_weight:g}"))
+    if w < limits.min_weight - TOLERANCE:
+        found.append(Violation(name, "min_weight", f"{w:g} is below min_weight {limits.min_weight:g}"))
+    if abs(w - before) > change + TOLERANCE:
+        side = "above" if w > before else "below"
+        found.append(Violation(name, "max_change", f"{w:g} is more than max_change {change:g} {side} {before:g}"))
+    if w > cap + TOLERANCE:
+        epochs = f"{limits.max_epochs:g} epochs of {limits.available_tokens} tokens, {limits.consumed_tokens} consumed"
+        detail = f"{w:g} exceeds the epoch cap {cap:.6g} ({epochs}, over {constraints.next_stage_tokens} tokens)"
+        found.append(Violation(name, "epoch_cap", detail))
     return found
