@@ -7,6 +7,7 @@ never touch the checkout; the work dir is the session's built data (tokenizer an
 complete), so "to run" is the plan's own verdict on real outputs.
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -136,3 +137,44 @@ def test_a_hub_source_s_revision_is_part_of_its_identity_and_is_read_as_declared
     assert hub_commit(pinned) is None  # offline (HF_HUB_OFFLINE): the cached copy of the declared revision
     local = SourceConfig(name="fw", loader="hf", path=str(tmp_path), revision="v1")
     assert hub_commit(local) is None  # a local stand-in has no hub revision
+
+
+def test_a_hub_revision_is_resolved_to_the_commit_the_hub_names_when_it_answers(monkeypatch):
+    """A loopback server answering the hub's dataset-info route (the call `hub_commit` makes)
+    stands in for the hub, which this machine cannot reach."""
+    import http.server
+    import threading
+
+    from huggingface_hub import constants
+
+    asked = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            known = {"/api/datasets/org/data/revision/v1": "b" * 40, "/api/datasets/org/data": "c" * 40}
+            if self.path not in known:  # the client's own calls (huggingface_hub asks for more than we do)
+                self.send_error(404)
+                return
+            asked.append(self.path)
+            sha = known[self.path]
+            body = json.dumps({"id": "org/data", "sha": sha}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        tagged = SourceConfig(name="d", loader="hf", path="org/data", revision="v1")
+        assert hub_commit(tagged) == "b" * 40
+        assert hub_commit(SourceConfig(name="d", loader="hf", path="org/data")) == "c" * 40  # its default branch
+    finally:
+        server.shutdown()
+    assert asked == ["/api/datasets/org/data/revision/v1", "/api/datasets/org/data"]
