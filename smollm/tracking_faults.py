@@ -47,8 +47,9 @@ class TrackingServerAway(OSError):
 
 def is_outage(error: BaseException) -> bool:
     """The server could not be reached or went away during the call (a refused, reset or timed-out
-    connection, or one 5xx after another; MLflow's client wraps them in an `MlflowException`), as
-    opposed to an answer refusing the call (a bad value, a missing run)."""
+    connection, 5xx answers until the retries ran out, a 503 or 504 from a proxy in front of it;
+    MLflow's client wraps them in an `MlflowException`), as opposed to an answer refusing the call
+    (a bad value, a missing run) or a local error (a missing file)."""
     import requests.exceptions as http
 
     lost = (
@@ -61,7 +62,8 @@ def is_outage(error: BaseException) -> bool:
     )
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, lost):
+        status = getattr(seen, "get_http_status_code", None)  # an MlflowException's
+        if isinstance(seen, lost) or (callable(status) and status() in (503, 504)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -122,6 +122,31 @@ def server_client(link: Link):
     return MlflowClient(tracking_uri=link.uri)
 
 
+def _raised_from(error: BaseException, cause: BaseException) -> BaseException:
+    """`error` as raised while handling `cause` (what MLflow's client does with a refused call)."""
+    error.__context__ = cause
+    return error
+
+
+def test_an_outage_is_a_lost_connection_not_a_refusal():
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, TEMPORARILY_UNAVAILABLE
+
+    from smollm.tracking_faults import is_outage
+
+    refused = requests.exceptions.ConnectionError("Max retries exceeded: Connection refused")
+    assert is_outage(_raised_from(MlflowException("API request failed"), refused))
+    assert is_outage(requests.exceptions.ReadTimeout("read timed out"))
+    assert is_outage(ConnectionResetError(104, "reset by peer"))
+    assert is_outage(MlflowException("gateway", error_code=TEMPORARILY_UNAVAILABLE))  # a 503
+    assert is_outage(MlflowException("gateway", error_code=DEADLINE_EXCEEDED))  # a 504
+    bad_value = RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "Changing param values"})
+    assert not is_outage(bad_value)
+    assert not is_outage(FileNotFoundError(2, "No such file", "results.json"))  # local, not the server
+    assert not is_outage(_raised_from(ValueError("lr: must be > 0"), KeyError("lr")))
+
+
 WRITES = {
     "log_params": lambda t, run, tmp: t.log_params(run, {"train": {"seed": 3}}),
     "set_tags": lambda t, run, tmp: t.set_tags(run, {"smollm.stopped": "no"}),
