@@ -509,6 +509,20 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "smollm"
     enabled: bool = True
+    heartbeat_seconds: float = 60.0
+    """How often, at most, a process refreshes the heartbeat tag of its open runs (on its writes)."""
+    stale_after_seconds: float = 21600.0
+    """A RUNNING run of another host with no heartbeat (of it or a run nested under it) for this
+    long is marked KILLED at the next start: longer than a flow may go without writing to MLflow."""
+
+    def __post_init__(self) -> None:
+        check(self.heartbeat_seconds > 0, "heartbeat_seconds", "must be > 0", self.heartbeat_seconds)
+        check(
+            self.stale_after_seconds > self.heartbeat_seconds,
+            "stale_after_seconds",
+            f"must be longer than heartbeat_seconds ({self.heartbeat_seconds})",
+            self.stale_after_seconds,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

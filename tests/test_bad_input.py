@@ -69,6 +69,9 @@ CASES = [
     (["sweep.max_concurrency=0"], ["sweep.max_concurrency", "0"]),
     (["anneal.share=1.5"], ["anneal.share", "1.5"]),
     (["anneal.candidate=nope"], ["anneal.candidate", "'nope'"]),
+    # tracking
+    (["tracking.heartbeat_seconds=0"], ["tracking.heartbeat_seconds", "0"]),
+    (["tracking.stale_after_seconds=30"], ["tracking.stale_after_seconds", "30"]),
     # a base checkpoint that cannot exist: a point past the end of the stage it branches from
     (["pipeline.stages.1.init_at_tokens=999999999"], ["pipeline.stages[1].init_at_tokens", "999999999"]),
 ]
