@@ -108,7 +108,12 @@ class MLflowTracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.set_tag(run_id, "smollm.reconciled", "its process was gone at the next start")
+            self.client.set_tag(
+                run_id,
+                "smollm.reconciled",
+                "its process was gone at the next start (ended on this host, or no heartbeat from another host "
+                f"for {self.stale_after:g} s)",
+            )
             self.client.set_terminated(run_id, status="KILLED")
         except MlflowException as error:
             if is_outage(error) or self.client.get_run(run_id).data.tags.get("smollm.reconciled") is None:
