@@ -30,13 +30,34 @@ def _forget() -> None:
         function.cache_clear()
 
 
-@pytest.fixture
-def tree(tmp_path, monkeypatch):
-    """A copy of the project's modules, hashed in place of the checkout's."""
-    shutil.copytree(step_code.ROOT / "smollm", tmp_path / "smollm", ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(step_code, "ROOT", tmp_path)
+@pytest.fixture(scope="module")
+def copied(tmp_path_factory):
+    """A copy of the project's modules (made once: each test restores what it edits)."""
+    root = tmp_path_factory.mktemp("tree")
+    shutil.copytree(CHECKOUT / "smollm", root / "smollm", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def baseline(built, copied):
+    """The plan's steps with the copy hashed, before any edit."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(step_code, "ROOT", copied)
+        _forget()
+        yield _steps(built)
     _forget()
-    yield tmp_path
+
+
+@pytest.fixture
+def tree(copied, baseline, monkeypatch):
+    """The copy, hashed in place of the checkout's; edits of it are undone after the test."""
+    originals = {p: p.read_bytes() for p in (copied / "smollm").rglob("*.py")}
+    monkeypatch.setattr(step_code, "ROOT", copied)
+    _forget()
+    yield copied
+    for path, data in originals.items():
+        if path.read_bytes() != data:
+            path.write_bytes(data)
     _forget()
 
 
@@ -60,8 +81,9 @@ def _changed(before: dict, after: dict) -> set[str]:
     return {key[0] for key, (identity, _) in before.items() if after[key][0] != identity}
 
 
-def test_identities_do_not_depend_on_where_the_tree_is(built, tree, monkeypatch):
+def test_identities_do_not_depend_on_where_the_tree_is(built, tree, baseline, monkeypatch):
     copy = _steps(built)
+    assert copy == baseline
     assert all(complete for (kind, _), (_, complete) in copy.items() if kind in ("tokenizer", "tokens"))
     monkeypatch.setattr(step_code, "ROOT", CHECKOUT)
     _forget()
@@ -82,8 +104,8 @@ def test_identities_do_not_depend_on_where_the_tree_is(built, tree, monkeypatch)
         ("smollm.plan", set()),
     ],
 )
-def test_an_edit_makes_exactly_the_dependent_steps_to_run(built, tree, module, dependent):
-    before = _steps(built)
+def test_an_edit_makes_exactly_the_dependent_steps_to_run(built, tree, baseline, module, dependent):
+    before = baseline
     _edit(tree, module)
     after = _steps(built)
     assert _changed(before, after) == dependent
@@ -102,8 +124,10 @@ def test_an_edit_makes_exactly_the_dependent_steps_to_run(built, tree, module, d
         ("prefect", set()),  # the orchestrator's: no step imports it
     ],
 )
-def test_another_library_version_makes_exactly_its_users_to_run(built, tree, monkeypatch, distribution, dependent):
-    before = _steps(built)
+def test_another_library_version_makes_exactly_its_users_to_run(
+    built, tree, baseline, monkeypatch, distribution, dependent
+):
+    before = baseline
     real = step_code.metadata.version
     monkeypatch.setattr(
         step_code.metadata, "version", lambda name: "0.0.0-other" if name == distribution else real(name)
