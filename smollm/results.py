@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from smollm.config import RunConfig, StageConfig, load_run_config
+from smollm.evaluation.fingerprint import SuiteFingerprint
 from smollm.schema import from_dict, to_dict
 from smollm.steps import StepResult
 
@@ -137,6 +138,8 @@ class StageResult(TrainedStage):
     """Identities of the steps this stage ran or found complete, in DAG order."""
     approval: dict[str, Any] | None = None
     """How a person (or the timeout) decided on `proposal`: `{how, mixture}`."""
+    eval_fingerprint: SuiteFingerprint | None = None
+    """The suite fingerprint of `evals` (what the next stage's rebalance checks its own against)."""
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

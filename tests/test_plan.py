@@ -125,7 +125,10 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
     pins and say why). The interpreter the stdlib sources are read from is fixed here, so the
     pins hold on any machine. Pinned at 0bb3b77; the orchestration rebuild left the data and
     training identities unchanged, and changed the evaluation's (45bff518 at 0bb3b77) with one
-    docstring of its code (`lighteval_backend` cited a file outside the repo)."""
+    docstring of its code (`lighteval_backend` cited a file outside the repo). The eval-drift
+    guard (issue 17) changed the evaluation's again (2fdab710 before it): its config now holds
+    the suite fingerprint (lighteval's version, pinned by constraints.txt; each task's prompt,
+    metrics, few-shot and data), and its code records it."""
     import smollm.stage
 
     monkeypatch.setattr(
@@ -139,6 +142,6 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
         ("tokens", "stdlib_prose"): "1b9491e9608c0d6f",
         ("tokens", "synthetic_math"): "2eb31b04d4670cb1",
         ("train", "demo-stage1"): "f5340aaaef5b4f0b",
-        ("eval", "demo-stage1-f5340aaaef5b"): "2fdab71075b6e654",
+        ("eval", "demo-stage1-f5340aaaef5b"): "06e61dbdad7b6f64",  # + the suite fingerprint (issue 17)
     }
     assert plan.stages[1].train_identity[:16] == "4c421e9b448e365f"  # on the estimate: stage 1's mixture
