@@ -75,6 +75,7 @@ def stage_flow(
         stage_run_id=run_id,
         sweeps=sweeps,
         steps=[step.identity for step in ran],
+        eval_fingerprint=node.eval_fingerprint,
     )
 
 
@@ -137,7 +138,8 @@ def propose_next(
 ) -> ProposedMixture | None:
     """The rebalance after the stage, when the next stage's mixture is not declared. It weighs
     the stage's sources and those its rules name, its sweeps trained on or an earlier stage drew
-    from (built here unless their token counts are declared)."""
+    from (built here unless their token counts are declared); the two stages' suite fingerprints
+    go with their metrics (a rule comparing across drifted evaluations is refused)."""
     if not node.rebalances:
         return None
     cfg = node.cfg
@@ -153,6 +155,8 @@ def propose_next(
         decision_metrics(evals, _rows(sweeps)),
         before,
         [run for kind in ("anneal", "ablate") if kind in sweeps for run in sweeps[kind].runs],
+        fingerprint=node.eval_fingerprint,
+        previous_fingerprint=None if previous is None else previous.eval_fingerprint,
     )
     return rebalance_task(node, inputs, tracker, stage_run_id, pipeline_run_id)
 

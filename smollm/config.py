@@ -631,6 +631,10 @@ class RebalanceConfig:
     anneal_gain: AnnealGainConfig = field(default_factory=AnnealGainConfig)
     regression: RegressionConfig = field(default_factory=RegressionConfig)
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
+    accept_eval_drift: bool = False
+    """Let a rule compare a metric across stages whose evaluations differ (the suite fingerprint
+    of a task it reads changed: prompt, metric, few-shot, dataset, lighteval); the proposal
+    records what was accepted. Off: such a rebalance is refused, naming the task."""
 
     def __post_init__(self) -> None:
         check(0 < self.max_change <= 1, "max_change", "must be in (0, 1]", self.max_change)

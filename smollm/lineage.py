@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from smollm.config import RunConfig, StageConfig
+from smollm.evaluation.fingerprint import SuiteFingerprint
 from smollm.rebalance import generated_dir, generated_mixture_name
 from smollm.schema import ConfigError
 from smollm.stage import (
@@ -101,6 +102,11 @@ class StageNode:
     def rebalances(self) -> bool:
         """Whether a rebalance after this stage writes the next stage's mixture."""
         return not self.is_last and self.cfg.pipeline.stages[self.index + 1].mixture is None
+
+    @property
+    def eval_fingerprint(self) -> SuiteFingerprint:
+        """The suite fingerprint of the stage's evaluation, as its identity holds it."""
+        return SuiteFingerprint.from_dict(self.steps.evaluation.config["fingerprint"])
 
     def next_mixture(self) -> str:
         """The name of the mixture the rebalance after this stage writes (policy and model in it)."""

@@ -3,7 +3,10 @@
 It walks the same `smollm.lineage.Lineage` as a run: for every stage its steps (kind, name,
 identity, output folder, complete or not — the steps the run executes), its tokens, the tokens and cumulative epochs per source (with a
 warning past `plan.warn_epochs` and an error past a source's `max_epochs`), its training FLOPs
-and the GPU-hours they take at `plan.mfu` of `plan.peak_flops`.
+and the GPU-hours they take at `plan.mfu` of `plan.peak_flops`. A rebalance rule that would
+compare a stage's scores with the previous stage's across a changed evaluation (the suites'
+fingerprints differ on a task it reads, `smollm.rebalance.drift`) is an error too, unless
+`rebalance.accept_eval_drift` (then a warning).
 
 FLOPs per trained token follow PaLM (Chowdhery et al. 2022, appendix B): `6 N` for the weights
 (N counts tied embeddings once: the LM head's matmul is real work, the lookup is free) plus
@@ -20,8 +23,10 @@ from pathlib import Path
 from smollm.config import ModelConfig, RunConfig, SourceConfig
 from smollm.data.sampler import stage_tokens
 from smollm.data.sources import is_hub_id
+from smollm.evaluation.fingerprint import SuiteFingerprint
 from smollm.lineage import Lineage, StageNode
 from smollm.model import parameter_count
+from smollm.rebalance.drift import planned_drift, refusal
 from smollm.stage import workdir
 from smollm.steps import Step, is_complete
 
@@ -166,6 +171,8 @@ class Planner:
         self._reported: set[tuple[str, str]] = set()
         self.unpinned: set[str] = set()
         """Hub sources whose `revision` is not a commit."""
+        self.fingerprints: list[tuple[str, SuiteFingerprint]] = []
+        """Each planned stage's eval suite fingerprint, in order."""
 
     def stage(self, node: StageNode) -> StagePlan:
         cfg, stage, index = node.cfg, node.stage, node.index
@@ -210,7 +217,23 @@ class Planner:
             train_identity=node.steps.train.identity,
         )
         self.stages.append(plan)
+        self._check_eval_drift(node)
         return plan
+
+    def _check_eval_drift(self, node: StageNode) -> None:
+        """The rebalance after `node` compares its evaluation with the previous stage's where a
+        rule reads a change: refuse drift between them now, before any compute (accepted: a warning)."""
+        fingerprint = node.eval_fingerprint
+        if self.fingerprints and node.rebalances:
+            before, previous = self.fingerprints[-1]
+            found = planned_drift(node.cfg.rebalance, previous, fingerprint)
+            if found and not node.cfg.rebalance.accept_eval_drift:
+                self.errors.append(refusal(found[0], before, node.name))
+            else:
+                self.warnings += [
+                    f"rebalance after {node.name}: eval drift accepted: {d.text(before, node.name)}" for d in found
+                ]
+        self.fingerprints.append((node.name, fingerprint))
 
     def _consumed_at_start(self, node: StageNode) -> dict[str, int]:
         """The tokens drawn per source along the lineage before stage `node` starts."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from smollm.config import RunConfig, StageConfig, load_run_config
+from smollm.evaluation.fingerprint import SuiteFingerprint
 from smollm.rebalance.constraints import Constraints
 from smollm.schema import from_dict, to_dict
 from smollm.steps import StepResult
@@ -143,6 +144,8 @@ class StageResult(TrainedStage):
     approval: dict[str, Any] | None = None
     """How a person (or the timeout) decided on `proposal`: `{how, mixture, overridden_constraints}`
     (the constraints an edit broke with `override_constraints`, one line each; else empty)."""
+    eval_fingerprint: SuiteFingerprint | None = None
+    """The suite fingerprint of `evals` (what the next stage's rebalance checks its own against)."""
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -4,9 +4,11 @@ Every record lives in a run opened by `tracked_run`, which ends it FINISHED, FAI
 or KILLED (an interrupt). A cached step still gets a record in the current pipeline's runs,
 tagged `smollm.cached=true`: a cached training run carries the summary metrics and a
 `smollm.trained_in_run` tag naming the run that holds its per-step curves; a cached evaluation
-is logged again on the stage run. The rebalance decides from what the stage flow holds in
-memory (its evaluations, the previous stage's, its sweeps) and records those inputs on the
-stage run (`rebalance/inputs.json`), so `smollm replay` can decide again offline.
+is logged again on the stage run, with its suite fingerprint (`eval.fingerprint`, and per task
+`eval/fingerprint.json`). The rebalance decides from what the stage flow holds in memory (its
+evaluations and their fingerprint, the previous stage's, its sweeps) and records those inputs on
+the stage run (`rebalance/inputs.json`), so `smollm replay` can decide again offline; eval drift
+it was told to accept (`rebalance.accept_eval_drift`) is in the proposal's record and provenance.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smollm.config import RunConfig, StageConfig
+from smollm.evaluation.fingerprint import SuiteFingerprint
 from smollm.rebalance import (
     Constraints,
     Proposal,
@@ -141,12 +144,15 @@ def tracked_evaluate(
     tokens_seen: int,
 ) -> tuple[StepResult, dict[str, float]]:
     """Evaluate and log `eval/<task>/<metric>` and `eval/category/<name>` on `run_id` at
-    `tokens_seen`; the evaluation step and the metrics."""
+    `tokens_seen`, and the suite fingerprint (param `eval.fingerprint`, its digest, and
+    `eval/fingerprint.json`, per task); the evaluation step and the metrics."""
     step, result = evaluate(cfg, checkpoint, dict(sources))
     metrics = {f"{EVAL_PREFIX}{k}": v for k, v in result.metrics.items()}
     metrics.update({f"{EVAL_PREFIX}category/{k}": v for k, v in result.categories.items()})
     tracker.log_metrics(run_id, metrics, step=tokens_seen)
     tracker.log_artifact(run_id, step.output / "results.json", "eval")
+    tracker.log_params(run_id, {"eval.fingerprint": result.fingerprint["digest"]})
+    tracker.log_dict(run_id, result.fingerprint, "eval/fingerprint.json")
     tracker.set_tags(
         run_id, {"smollm.eval_identity": step.identity, "smollm.eval_cached": str(not step.computed).lower()}
     )
@@ -253,9 +259,13 @@ def rebalance_inputs(
     metrics: dict[str, float],
     previous_metrics: dict[str, float] | None,
     sweep_runs: list[dict[str, Any]],
+    *,
+    fingerprint: SuiteFingerprint | None = None,
+    previous_fingerprint: SuiteFingerprint | None = None,
 ) -> RebalanceInputs:
-    """What the policy decides from: the stage's metrics (and the previous stage's), its sweeps'
-    members, and the constraints of every source it may weigh (built, or declared)."""
+    """What the policy decides from: the stage's metrics (and the previous stage's), the suite
+    fingerprints of both evaluations, its sweeps' members, and the constraints of every source
+    it may weigh (built, or declared)."""
     limits = {
         name: SourceLimits(
             min_weight=cfg.data.sources[name].min_weight,
@@ -274,6 +284,9 @@ def rebalance_inputs(
         mixture=dict(cfg.mixture.weights),
         constraints=Constraints(limits, cfg.rebalance.max_change, cfg.pipeline.stages[stage_index + 1].train_tokens),
         sweep_runs=[SweepRun.from_dict(r) for r in sweep_runs],
+        fingerprint=fingerprint,
+        previous_fingerprint=previous_fingerprint,
+        previous_stage=cfg.pipeline.stages[stage_index - 1].name if stage_index > 0 else None,
     )
 
 
@@ -287,7 +300,9 @@ def tracked_rebalance(
     mixture_name: str,
 ) -> tuple[Path, Proposal]:
     """Propose the next stage's mixture from `inputs`; write it, and record the inputs
-    (replayable), the proposal and its explanation on the stage run."""
+    (replayable), the proposal and its explanation on the stage run. Refused (`EvalDrift`,
+    nothing written) when a rule compares drifted evaluations, unless accepted; accepted drift
+    is in the provenance, the proposal's record and a `smollm.eval_drift_accepted` tag."""
     proposal = propose(cfg.rebalance, inputs)
     provenance = {
         "policy": cfg.rebalance.policy,
@@ -298,6 +313,11 @@ def tracked_rebalance(
         "inputs": {
             k: round(v, 6) for k, v in sorted(inputs.metrics.items()) if k.startswith(("category/", SWEEP_PREFIX))
         },
+        "eval_fingerprint": None if inputs.fingerprint is None else inputs.fingerprint.digest,
+        "previous_eval_fingerprint": None
+        if inputs.previous_fingerprint is None
+        else inputs.previous_fingerprint.digest,
+        "accepted_eval_drift": proposal.eval_drift,
         "mlflow_runs": {"pipeline": pipeline_run_id, "stage": stage_run_id},
         "tracking_uri": getattr(tracker, "uri", None),
         "git_commit": git_commit(),
@@ -305,6 +325,8 @@ def tracked_rebalance(
     path = write_generated_mixture(proposal, mixture_name, cfg.workdir, provenance)
     record_proposal(tracker, stage_run_id, inputs, proposal, mixture_name, cfg)
     tracker.log_artifact(stage_run_id, path, "rebalance")
+    if proposal.eval_drift:
+        tracker.set_tags(stage_run_id, {"smollm.eval_drift_accepted": "true"})
     return path, proposal
 
 
@@ -322,6 +344,7 @@ def record_proposal(
             "weights": proposal.weights,
             "previous": proposal.previous,
             "explanation": proposal.explanation,
+            "accepted_eval_drift": proposal.eval_drift,
             "diff": proposal.diff(),
         },
         "rebalance/proposal.json",

@@ -19,6 +19,7 @@ from typing import Any
 
 from smollm.config import RunConfig, SourceConfig, StageConfig
 from smollm.data.sources import environment_fingerprint, hub_commit
+from smollm.evaluation.fingerprint import SuiteFingerprint, suite_fingerprint
 from smollm.schema import to_dict
 from smollm.steps import Step, StepResult, run_step
 from smollm.tracking import NullTracker, Tracker
@@ -245,11 +246,14 @@ def train(
 
 
 def eval_step(cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult]) -> Step:
+    # the suite fingerprint (lighteval's version, the task definitions) is part of the identity;
+    # a held-out source's data identity stands for the revision of its documents
     upstream = (checkpoint.identity, *(sources[n].identity for n in sorted(sources)))
+    fingerprint = suite_fingerprint(cfg.eval_suite, {n: r.identity[:16] for n, r in sources.items()})
     return Step(
         "eval",
         checkpoint.output.name,
-        {"suite": cfg.eval},
+        {"suite": cfg.eval, "fingerprint": fingerprint.to_dict()},
         upstream=upstream,
         code=EVAL_CODE,
     )
@@ -261,9 +265,11 @@ def evaluate(cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResu
     from smollm.evaluation.result import EvalResult
 
     heldout = {name: result.output / "heldout.jsonl" for name, result in sources.items()}
+    step = eval_step(cfg, checkpoint, sources)
+    fingerprint = SuiteFingerprint.from_dict(step.config["fingerprint"])
     result = run_step(
-        eval_step(cfg, checkpoint, sources),
+        step,
         workdir(cfg),
-        lambda out: evaluate_checkpoint(checkpoint.output / "model", cfg.eval_suite, heldout, out),
+        lambda out: evaluate_checkpoint(checkpoint.output / "model", cfg.eval_suite, heldout, out, fingerprint),
     )
     return result, EvalResult.from_json((result.output / "results.json").read_text())

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from smollm.evaluation.fingerprint import SuiteFingerprint
 from tests.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -83,6 +84,12 @@ def test_run_hierarchy_and_metrics_in_mlflow(runs, mlflow_runs):
         assert any(k.startswith("eval/math_add1_cf/") for k in run.data.metrics)
         history = client.get_metric_history(run.info.run_id, "eval/category/math")
         assert [m.step for m in history] == [stage_result["tokens_seen"]]
+        # what the evaluation measured: its suite fingerprint, digest and per task
+        fingerprint = SuiteFingerprint.from_dict(stage_result["eval_fingerprint"])
+        assert run.data.params["eval.fingerprint"] == fingerprint.digest
+        assert {"eval/fingerprint.json", "eval/results.json"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id, "eval")
+        }
         children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
         assert [c.data.tags["smollm.kind"] for c in children] == ["train"]
         train_run = children[0]

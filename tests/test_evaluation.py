@@ -10,6 +10,7 @@ torch computation of the same log-likelihoods, so they prove what the wiring sco
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import math
 import random
@@ -21,6 +22,7 @@ import yaml
 
 from smollm.data.synthetic_math import generate_documents
 from smollm.evaluation import EvalResult, EvalSuite, EvalTask
+from smollm.evaluation.fingerprint import suite_fingerprint
 from smollm.evaluation.items import LETTERS, build_items, read_heldout
 from smollm.evaluation.lighteval_backend import build_suite_items, evaluate_checkpoint, fit_items
 from smollm.evaluation.result import category_means
@@ -385,7 +387,7 @@ def two_checkpoints(tmp_path_factory: pytest.TempPathFactory, heldout: dict) -> 
         direct = {task.name: direct_scores(model_dir, read_items(out, task.name)) for task in suite.tasks}
         runs.append((result, out, direct))
     after = (random.random(), np.random.rand())
-    return {"suite": suite, "runs": runs, "grad": torch.is_grad_enabled(), "rng": (before, after)}
+    return {"suite": suite, "runs": runs, "grad": torch.is_grad_enabled(), "rng": (before, after), "heldout": heldout}
 
 
 @pytest.mark.slow
@@ -450,6 +452,12 @@ def test_results_files_and_categories(two_checkpoints: dict) -> None:
         assert set(result.stderr) <= set(result.metrics) and "math_add1_cf/acc" in result.stderr
         assert EvalSuite.from_dict(json.loads((out / "suite.json").read_text())) == suite
         assert len(list((out / "lighteval" / "details").rglob("*.parquet"))) == len(suite.tasks)
+    # what was measured: the suite's fingerprint, each held-out file's digest as its revision
+    heldout = two_checkpoints["heldout"]
+    digests = {name: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] for name, path in heldout.items()}
+    expected = suite_fingerprint(suite, {s: digests[s] for s in suite.sources()}).to_dict()
+    assert [result.fingerprint for result, _, _ in two_checkpoints["runs"]] == [expected, expected]
+    assert expected["tasks"]["prose_next_cf"]["dataset_revision"] == digests["stdlib_prose"]
 
 
 @pytest.mark.slow

@@ -127,10 +127,14 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
     """The identities of the demo's data and first stages as of this commit's configs and step
     structure: a change here invalidates every user's cache, so it must be deliberate (update
     the pins and say why). What the code and the machine add is fixed here — each module of a
-    step's closure hashes to its name, the libraries and the interpreter the stdlib sources are
-    read from are placeholders — so the pins hold on any machine and across edits of the code
-    (tests/test_step_code.py shows what each edit invalidates). Re-pinned when the code part
-    became the whole import closure plus library versions (issue 17); before that, 0bb3b77."""
+    step's closure hashes to its name, the libraries, lighteval's version, our scoring code and
+    the interpreter the stdlib sources are read from are placeholders — so the pins hold on any
+    machine and across edits of the code (tests/test_step_code.py shows what each edit
+    invalidates). Re-pinned when the code part became the whole import closure plus library
+    versions, and the evaluation's config took the suite fingerprint (its tasks' prompts,
+    metrics, few-shot and data: an edit of a prompt function moves the eval pin) (issue 17);
+    before that, 0bb3b77."""
+    import smollm.evaluation.fingerprint
     import smollm.stage
     import smollm.steps
     from smollm.step_code import closure
@@ -138,6 +142,8 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
     monkeypatch.setattr(
         smollm.stage, "environment_fingerprint", lambda source: {"python": "3.11.7", "stdlib": "/pinned"}
     )
+    monkeypatch.setattr(smollm.evaluation.fingerprint, "scoring_code", lambda: "pinned")
+    monkeypatch.setattr(smollm.evaluation.fingerprint, "lighteval_version", lambda: "pinned")
     monkeypatch.setattr(
         smollm.steps,
         "code_identity",
@@ -151,6 +157,6 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
         ("tokens", "stdlib_prose"): "17ac40f0b4563efb",
         ("tokens", "synthetic_math"): "f99fe49abaeb0918",
         ("train", "demo-stage1"): "1e3b34beb089077a",
-        ("eval", "demo-stage1-1e3b34beb089"): "7cee50a8ae018dbf",
+        ("eval", "demo-stage1-1e3b34beb089"): "de401887e69b11e7",
     }
     assert plan.stages[1].train_identity[:16] == "f1e0901be476b4ba"  # on the estimate: stage 1's mixture

@@ -8,6 +8,10 @@
 Suites mix custom tasks over held-out data (`conf/eval/offline.yaml`) and lighteval's built-in
 benchmarks (`conf/eval/smollm2_base.yaml`, `kind: lighteval`, see `lighteval_builtin`).
 
+Each result carries the suite's fingerprint (`fingerprint.py`: lighteval's version, every task's
+prompt source, metrics, few-shot and data), part of the evaluation's identity; scores compare
+only between equal fingerprints.
+
 Importing this package is cheap (the suite and result types); lighteval and transformers are
 imported by `lighteval_backend`, which imports this package and never the other way round.
 See `docs/architecture.md`, "Evaluation".

@@ -13,7 +13,7 @@ task on the hub leaves the environment as it is (set `HF_DATASETS_OFFLINE=1` to 
     items/<task>/test.jsonl   custom tasks' items (fitted to the model's context), the dataset lighteval loads
     suite.json                the suite evaluated (provenance)
     lighteval/                lighteval's results and per-item details
-    results.json              `EvalResult.to_json()`, written last and atomically
+    results.json              `EvalResult.to_json()` (with the suite fingerprint), written last and atomically
 
 lighteval's prediction cache is switched off: it keys on the model config, not the weights;
 with a path as `model_name` it writes into the checkpoint folder; it made this suite ~4x
@@ -25,6 +25,7 @@ points into `output_dir`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -34,6 +35,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from smollm.evaluation.fingerprint import SuiteFingerprint, suite_fingerprint
 from smollm.evaluation.items import build_items, read_heldout, write_items
 from smollm.evaluation.result import EvalResult, category_means, metric_key
 from smollm.evaluation.suite import EvalSuite
@@ -56,12 +58,22 @@ def _default_sigterm() -> None:
 os.register_at_fork(after_in_child=_default_sigterm)
 
 
-def evaluate_checkpoint(model_dir: Path, suite: EvalSuite, heldout: Mapping[str, Path], output_dir: Path) -> EvalResult:
-    """Score the checkpoint in `model_dir` (model + tokenizer, `save_pretrained`) on `suite`."""
+def evaluate_checkpoint(
+    model_dir: Path,
+    suite: EvalSuite,
+    heldout: Mapping[str, Path],
+    output_dir: Path,
+    fingerprint: SuiteFingerprint | None = None,
+) -> EvalResult:
+    """Score the checkpoint in `model_dir` (model + tokenizer, `save_pretrained`) on `suite`.
+    `fingerprint` is the suite's as the evaluation step computed it (its held-out revisions are
+    the sources' data identities); by default each held-out file's digest stands for its revision."""
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     for index, task in enumerate(suite.tasks):
         if task.source and task.source not in heldout:
             raise ValueError(f"tasks[{index}].source: {task.source!r} has no held-out data (have {sorted(heldout)})")
+    if fingerprint is None:
+        fingerprint = suite_fingerprint(suite, {s: _file_digest(Path(heldout[s])) for s in suite.sources()})
     items = build_suite_items(suite, heldout)
 
     start = time.perf_counter()
@@ -81,11 +93,16 @@ def evaluate_checkpoint(model_dir: Path, suite: EvalSuite, heldout: Mapping[str,
         num_items=num_items,
         model_dir=str(model_dir),
         seconds=round(time.perf_counter() - start, 3),
+        fingerprint=fingerprint.to_dict(),
     )
     tmp = output_dir / "results.json.tmp"
     tmp.write_text(result.to_json())
     tmp.replace(output_dir / "results.json")
     return result
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def build_suite_items(suite: EvalSuite, heldout: Mapping[str, Path]) -> dict[str, list[dict]]:

@@ -1,4 +1,5 @@
-"""The result of evaluating one checkpoint on a suite, and its JSON form (`results.json`)."""
+"""The result of evaluating one checkpoint on a suite, and its JSON form (`results.json`): the
+metrics, and the suite fingerprint that says what they measured (`fingerprint.py`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from smollm.evaluation.suite import EvalSuite
 
@@ -30,6 +32,8 @@ class EvalResult:
     """The checkpoint evaluated (provenance only)."""
     seconds: float = 0.0
     """Wall time of the evaluation (a process's first one includes importing lighteval, ~4-8 s)."""
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    """`SuiteFingerprint.to_dict()` of the suite evaluated: two results compare only if equal."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -43,14 +43,20 @@ def lighteval_family(task: str) -> str:
     return task.split(":", 1)[0]
 
 
-def lighteval_module_exists(family: str) -> bool:
-    """Whether lighteval ships `lighteval/tasks/tasks/<family>.py` (or `<family>/main.py`),
-    found on disk without importing lighteval (its import takes seconds)."""
+def lighteval_family_file(family: str) -> Path | None:
+    """lighteval's `lighteval/tasks/tasks/<family>.py` (or `<family>/main.py`), the module that
+    declares the family's tasks, found on disk without importing lighteval (its import takes
+    seconds); None if lighteval has no such module."""
     spec = importlib.util.find_spec("lighteval")
     if spec is None or not spec.submodule_search_locations or not re.fullmatch(r"\w+", family):
-        return False
+        return None
     tasks_dir = Path(next(iter(spec.submodule_search_locations))) / "tasks" / "tasks"
-    return (tasks_dir / f"{family}.py").is_file() or (tasks_dir / family / "main.py").is_file()
+    return next((f for f in (tasks_dir / f"{family}.py", tasks_dir / family / "main.py") if f.is_file()), None)
+
+
+def lighteval_module_exists(family: str) -> bool:
+    """Whether lighteval ships a module declaring the tasks of `family` (`lighteval_family_file`)."""
+    return lighteval_family_file(family) is not None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,6 +1,10 @@
 """What a rebalancing policy reads: one stage's evaluations (and the previous stage's), the sweeps
 it ran, the current mixture and the constraints. Recorded as JSON with every proposal, so a
 decision can be replayed, or re-made by another policy, without the stores that produced it.
+
+Both stages' suite fingerprints travel with their metrics (`smollm.evaluation.fingerprint`):
+a rule on a metric's change compares the two evaluations, which `drift.py` allows only where
+the tasks it reads were evaluated alike.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from smollm.evaluation.fingerprint import SuiteFingerprint
 from smollm.rebalance.constraints import Constraints
 from smollm.sweep import category_scores
 
@@ -55,6 +60,12 @@ class RebalanceInputs:
     mixture: dict[str, float]
     constraints: Constraints
     sweep_runs: list[SweepRun] = field(default_factory=list)
+    fingerprint: SuiteFingerprint | None = None
+    """The suite fingerprint of the stage's evaluation; None where it was not recorded."""
+    previous_fingerprint: SuiteFingerprint | None = None
+    """The previous stage's, for the eval-drift guard (`drift.py`)."""
+    previous_stage: str | None = None
+    """The previous stage's name (what `previous_metrics` are of)."""
 
     @property
     def scores(self) -> dict[str, float]:
@@ -72,6 +83,9 @@ class RebalanceInputs:
             "mixture": dict(sorted(self.mixture.items())),
             "constraints": self.constraints.to_dict(),
             "sweep_runs": [r.to_dict() for r in self.sweep_runs],
+            "fingerprint": None if self.fingerprint is None else self.fingerprint.to_dict(),
+            "previous_fingerprint": None if self.previous_fingerprint is None else self.previous_fingerprint.to_dict(),
+            "previous_stage": self.previous_stage,
         }
 
     @classmethod
@@ -84,7 +98,14 @@ class RebalanceInputs:
             mixture=dict(data["mixture"]),
             constraints=Constraints.from_dict(data["constraints"]),
             sweep_runs=[SweepRun.from_dict(r) for r in data.get("sweep_runs", [])],
+            fingerprint=_fingerprint(data.get("fingerprint")),
+            previous_fingerprint=_fingerprint(data.get("previous_fingerprint")),
+            previous_stage=data.get("previous_stage"),
         )
+
+
+def _fingerprint(data: Mapping[str, Any] | None) -> SuiteFingerprint | None:
+    return None if data is None else SuiteFingerprint.from_dict(data)
 
 
 def weighted_score(scores: Mapping[str, float], priorities: Mapping[str, float]) -> float:

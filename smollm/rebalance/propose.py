@@ -1,4 +1,8 @@
-"""`propose`: run the configured policy on a stage's inputs, then hold the constraints.
+"""`propose`: check the evaluations it compares, run the configured policy on a stage's inputs,
+then hold the constraints.
+
+A rule comparing scores across stages whose evaluations differ is refused (`drift.py`), unless
+`accept_eval_drift` is set: then what changed leads the explanation and `Proposal.eval_drift`.
 
 Every policy returns targets (the weights it wants for the sources it moves) and the reasons;
 the other sources share the rest in proportion; the result is projected onto the constraints
@@ -14,6 +18,7 @@ from typing import Any
 from smollm.config import RebalanceConfig
 from smollm.rebalance.anneal_gain import apply_anneal_gain
 from smollm.rebalance.constraints import project, source_bounds
+from smollm.rebalance.drift import check_inputs
 from smollm.rebalance.inputs import RebalanceInputs
 from smollm.rebalance.regression import apply_regression
 from smollm.rebalance.rules import apply_rules
@@ -28,6 +33,8 @@ class Proposal:
     previous: dict[str, float]
     policy: str
     explanation: list[str] = field(default_factory=list)
+    eval_drift: list[str] = field(default_factory=list)
+    """The eval drift `accept_eval_drift` let the policy compare across (also in `explanation`)."""
 
     def diff(self) -> list[dict[str, Any]]:
         rows = []
@@ -63,7 +70,9 @@ def fill(current: Mapping[str, float], targets: Mapping[str, float]) -> dict[str
 
 
 def propose(config: RebalanceConfig, inputs: RebalanceInputs) -> Proposal:
-    """The next mixture under `config.policy`, within every constraint (or `Infeasible`)."""
+    """The next mixture under `config.policy`, within every constraint (or `Infeasible`); a
+    comparison across drifted evaluations is refused (`drift.EvalDrift`) unless accepted."""
+    accepted = check_inputs(config, inputs)
     current = inputs.mixture
 
     def bounds_for(names):
@@ -90,4 +99,4 @@ def propose(config: RebalanceConfig, inputs: RebalanceInputs) -> Proposal:
             if abs(after - bound) > 1e-6:  # not at its own bound: moved to meet the others'
                 why = "within the other sources' bounds"
             explanation.append(f"constraint: {name} {wanted[name]:.4f} -> {after:.4f} ({why})")
-    return Proposal(weights, dict(current), config.policy, explanation)
+    return Proposal(weights, dict(current), config.policy, [*accepted, *explanation], eval_drift=accepted)

@@ -35,8 +35,9 @@ def write_generated_mixture(proposal: Proposal, name: str, workdir: str | Path, 
 
 def generated_mixture_name(cfg: RunConfig, stage_index: int, upstream_identity: str) -> str:
     """Name of the mixture the rebalance after `stage_index` writes for the next stage: it depends
-    on the trained model it follows and on the policy that decides (another policy, another file)."""
-    policy = {k: v for k, v in to_dict(cfg.rebalance).items() if k != "approval"}
+    on the trained model it follows and on the policy that decides (another policy, another file;
+    approval and `accept_eval_drift` do not change a decision, only whether it is made)."""
+    policy = {k: v for k, v in to_dict(cfg.rebalance).items() if k not in ("approval", "accept_eval_drift")}
     key = json.dumps({"upstream": upstream_identity, "policy": policy}, sort_keys=True)
     next_stage = cfg.pipeline.stages[stage_index + 1].name
     return f"{cfg.pipeline.name}-{next_stage}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
