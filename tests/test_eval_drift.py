@@ -23,6 +23,7 @@ import yaml
 
 from smollm.evaluation import EvalResult, EvalSuite
 from smollm.evaluation import fingerprint as fp
+from smollm.evaluation import source_reading as sr
 from smollm.evaluation.fingerprint import SuiteFingerprint, suite_fingerprint
 from smollm.evaluation.result import category_means
 from smollm.evaluation.suite import lighteval_family_file
@@ -120,29 +121,29 @@ def test_a_prompt_functions_source_and_what_it_reaches_change_its_hash_and_nothi
     path = lighteval_family_file("arc")
     assert path is not None
     source = path.read_text()
-    base = fp.declared_task(source, "arc:easy")
+    base = sr.declared_task(source, "arc:easy")
     prompt = source.replace('query=f"Question: {line', 'query=f"Q: {line', 1)
     metric = source.replace("Metrics.loglikelihood_acc,", "Metrics.loglikelihood_acc_norm,", 2)
     unreached = source.replace('choices = record["choices"]["text"]', 'choices = list(record["choices"]["text"])')
     assert len({source, prompt, metric, unreached}) == 4  # every edit applied
-    edited = {name: fp.declared_task(text, "arc:easy") for name, text in [("prompt", prompt), ("metric", metric)]}
+    edited = {name: sr.declared_task(text, "arc:easy") for name, text in [("prompt", prompt), ("metric", metric)]}
     assert {k for k in base if base[k] != edited["prompt"][k]} == {"prompt_function", "declaration"}
     assert {k for k in base if base[k] != edited["metric"][k]} == {"metrics", "declaration"}
     assert edited["metric"]["metrics"] == ["Metrics.loglikelihood_acc_norm"]
     # `record_to_sample` is another config field (inspect-ai's), not reached from arc_prompt
-    assert fp.declared_task(unreached, "arc:easy")["prompt_function"] == base["prompt_function"]
+    assert sr.declared_task(unreached, "arc:easy")["prompt_function"] == base["prompt_function"]
     # our own prompt functions and item builders: each task kind's own, with their helpers
-    tasks, items = fp.module_source(fp.TASKS_MODULE), fp.module_source(fp.ITEMS_MODULE)
-    mcq, bpb = fp.source_digest(tasks, ["mcq_doc"]), fp.source_digest(tasks, ["bpb_doc"])
+    tasks, items = sr.module_source(fp.TASKS_MODULE), sr.module_source(fp.ITEMS_MODULE)
+    mcq, bpb = sr.source_digest(tasks, ["mcq_doc"]), sr.source_digest(tasks, ["bpb_doc"])
     bpb_edited = tasks.replace('scored = line["choices"][0]', 'scored = str(line["choices"][0])')
-    assert bpb_edited != tasks and fp.source_digest(bpb_edited, ["bpb_doc"]) != bpb
-    assert fp.source_digest(bpb_edited, ["mcq_doc"]) == mcq
+    assert bpb_edited != tasks and sr.source_digest(bpb_edited, ["bpb_doc"]) != bpb
+    assert sr.source_digest(bpb_edited, ["mcq_doc"]) == mcq
     letters = items.replace('LETTERS = "ABCDEFGHIJ"', 'LETTERS = "abcdefghij"')
     assert letters != items
-    assert fp.source_digest(letters, ["_mcq"]) != fp.source_digest(items, ["_mcq"])  # a constant it reaches
-    assert fp.source_digest(letters, ["_bpb_items"]) == fp.source_digest(items, ["_bpb_items"])
+    assert sr.source_digest(letters, ["_mcq"]) != sr.source_digest(items, ["_mcq"])  # a constant it reaches
+    assert sr.source_digest(letters, ["_bpb_items"]) == sr.source_digest(items, ["_bpb_items"])
     metrics = tasks.replace("LogLikelihoodAccMetric(normalization=LogProbCharNorm())", "LogLikelihoodAccMetric()")
-    assert fp.returned_list(metrics, "mcq_metrics") == ["LogLikelihoodAccMetric()", "LogLikelihoodAccMetric()"]
+    assert sr.returned_list(metrics, "mcq_metrics") == ["LogLikelihoodAccMetric()", "LogLikelihoodAccMetric()"]
 
 
 def test_a_local_dataset_counts_by_its_contents_and_a_held_out_source_by_its_revision(tmp_path):
@@ -172,7 +173,7 @@ def test_what_is_read_from_source_agrees_with_lighteval_and_our_tables():
         resolved = lighteval_builtin.resolve(task, 0)
         path = lighteval_family_file(str(task.task).split(":")[0])
         assert path is not None
-        declared = fp.declared_group(path.read_text(), str(task.task))
+        declared = sr.declared_group(path.read_text(), str(task.task))
         config = resolved.configs[0]
         assert declared.get("members", 1) == len(resolved.configs)
         assert declared["dataset_path"] == config.hf_repo and declared["dataset_revision"] == config.hf_revision

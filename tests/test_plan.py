@@ -133,7 +133,8 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
     invalidates). Re-pinned when the code part became the whole import closure plus library
     versions, and the evaluation's config took the suite fingerprint (its tasks' prompts,
     metrics, few-shot and data: an edit of a prompt function moves the eval pin) (issue 17);
-    before that, 0bb3b77."""
+    before that, 0bb3b77. The eval pin moved again when `smollm.evaluation.source_reading` split
+    off `fingerprint.py` and joined the evaluation's closure (its fingerprint unchanged)."""
     import smollm.evaluation.fingerprint
     import smollm.stage
     import smollm.steps
@@ -157,6 +158,6 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
         ("tokens", "stdlib_prose"): "17ac40f0b4563efb",
         ("tokens", "synthetic_math"): "f99fe49abaeb0918",
         ("train", "demo-stage1"): "1e3b34beb089077a",
-        ("eval", "demo-stage1-1e3b34beb089"): "de401887e69b11e7",
+        ("eval", "demo-stage1-1e3b34beb089"): "06cc4978885db7cb",
     }
     assert plan.stages[1].train_identity[:16] == "f1e0901be476b4ba"  # on the estimate: stage 1's mixture

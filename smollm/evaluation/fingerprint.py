@@ -17,9 +17,9 @@ the stage run (`smollm.runs.tracked_evaluate`).
 Nothing here imports lighteval (seconds) or runs a prompt function. lighteval's version is its
 package metadata; its built-in tasks' declarations (the `LightevalTaskConfig(...)` calls of
 `lighteval/tasks/tasks/<family>.py`), our prompt functions, metric lists and item builders are
-read from source with `ast`. A prompt function's hash covers its source and that of every
-module-level name it reaches in its own module (helpers, constants); what it imports from
-lighteval is covered by lighteval's version, our other code by the scoring-code hash.
+read from source with `ast` (`source_reading.py`). A prompt function's hash covers its source and
+that of every module-level name it reaches in its own module (helpers, constants); what it
+imports from lighteval is covered by lighteval's version, our other code by the scoring-code hash.
 """
 
 from __future__ import annotations
@@ -29,12 +29,21 @@ import dataclasses
 import functools
 import hashlib
 import importlib.metadata
-import importlib.util
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smollm.evaluation.source_reading import (
+    declared_group,
+    display,
+    elements,
+    module_source,
+    parsed_module,
+    returned_list,
+    sha,
+    source_digest,
+)
 from smollm.evaluation.suite import EvalSuite, EvalTask, lighteval_family, lighteval_family_file
 from smollm.schema import ConfigError, to_dict
 from smollm.step_code import code_hashes
@@ -58,7 +67,6 @@ CUSTOM_PROMPTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
 """What writes a custom task's prompts, by kind: (module, its module-level names), the lighteval
 prompt function (`lighteval_tasks.task_config`) and the item builders (`items.build_items`)."""
 ITEM_FIELDS = ("num_items", "num_choices", "num_digits", "context_chars", "choice_chars", "prefix_chars", "max_chars")
-GENERATION_FIELDS = ("generation_size", "stop_sequence", "num_samples")
 FEWSHOT_SEED = 0
 """lighteval 0.13 draws a task's few-shot examples with variance seed 0 from a sampler seeded 42
 (`LightevalTask.get_docs`); neither is a setting, so lighteval's version pins both."""
@@ -176,19 +184,10 @@ def scoring_code() -> str:
     return content_hash(code_hashes(SCORING_CODE))[:16]
 
 
-@functools.cache
-def module_source(module: str) -> str:
-    """The source of one of our modules, from the file the import system would load (not imported)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ValueError(f"fingerprint: no source for module {module!r}")
-    return Path(spec.origin).read_text(encoding="utf-8")
-
-
 def _custom(task: EvalTask, seed: int, heldout: Mapping[str, str]) -> dict[str, Any]:
     parts = [source_digest(module_source(module), names) for module, names in CUSTOM_PROMPTS[task.kind]]
     return {
-        "prompt_function": _sha(canonical_json(parts)),
+        "prompt_function": sha(canonical_json(parts)),
         "metrics": returned_list(module_source(TASKS_MODULE), "mcq_metrics" if task.is_mcq else "bpb_metrics"),
         "dataset_path": f"heldout:{task.source}" if task.source else None,
         "dataset_revision": heldout.get(task.source) if task.source else None,
@@ -206,7 +205,7 @@ def _builtin(task: EvalTask) -> dict[str, Any]:
     if task.formulation != "native":
         template, adapter = builtin_tables().adapters[family]
         own = source_digest(module_source(BUILTIN_MODULE), (adapter, "_no_empty_instruction"))
-        fields["prompt_function"] = _sha(canonical_json([template, task.formulation, own]))
+        fields["prompt_function"] = sha(canonical_json([template, task.formulation, own]))
         fields["metrics"] = returned_list(module_source(TASKS_MODULE), "mcq_metrics")
     elif family in builtin_tables().native_metrics:
         fields["metrics"] = builtin_tables().native_metrics[family]
@@ -216,172 +215,7 @@ def _builtin(task: EvalTask) -> dict[str, Any]:
     return {**fields, "items": {"limit": task.limit}}
 
 
-# --- reading source with ast ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Module:
-    source: str
-    tree: ast.Module
-    defs: dict[str, ast.stmt]
-    """Module-level name -> the statement that defines it (def, class, assignment)."""
-    data: bytes
-    """The source as UTF-8: `ast` offsets count bytes."""
-    line_starts: tuple[int, ...]
-
-    def segment(self, node: ast.AST) -> str:
-        """`ast.get_source_segment`, without splitting the source again on every call."""
-        lineno, end = getattr(node, "lineno", None), getattr(node, "end_lineno", None)
-        if lineno is None or end is None:
-            return ast.dump(node)
-        start = self.line_starts[lineno - 1] + node.col_offset  # type: ignore[attr-defined]
-        stop = self.line_starts[end - 1] + node.end_col_offset  # type: ignore[attr-defined]
-        return self.data[start:stop].decode()
-
-
-@functools.lru_cache(maxsize=128)
-def _module(source: str) -> _Module:
-    tree = ast.parse(source)
-    data = source.encode()
-    starts, offset = [], 0
-    for line in data.split(b"\n"):
-        starts.append(offset)
-        offset += len(line) + 1
-    defs: dict[str, ast.stmt] = {}
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            defs[node.name] = node
-        elif isinstance(node, ast.Assign | ast.AnnAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                for name in target.elts if isinstance(target, ast.Tuple) else [target]:
-                    if isinstance(name, ast.Name):
-                        defs[name.id] = node
-    return _Module(source, tree, defs, data, tuple(starts))
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _display(module: _Module, node: ast.AST) -> str:
-    return " ".join(module.segment(node).split())
-
-
-def _reach_text(module: _Module, names: Sequence[str]) -> str:
-    """The source of the module-level definitions of `names` and of every module-level name
-    they reach, in file order; a name defined elsewhere (imported) counts by its name."""
-    seen: set[str] = set()
-    queue, nodes = list(names), {}
-    while queue:
-        name = queue.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = module.defs.get(name)
-        if node is not None:
-            nodes[node.lineno] = node
-            queue.extend(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
-    undefined = [f"# {name}: not defined here" for name in names if name not in module.defs]
-    return "\n".join([*undefined, *(module.segment(nodes[line]) for line in sorted(nodes))])
-
-
-def source_digest(source: str, names: Sequence[str]) -> str:
-    """Hash of module-level `names` of `source` and of everything of the module they reach."""
-    return _sha(_reach_text(_module(source), names))
-
-
-def _expression_digest(module: _Module, node: ast.AST) -> str:
-    names = [n.id for n in ast.walk(node) if isinstance(n, ast.Name)]
-    return _sha(module.segment(node) + "\n" + _reach_text(module, names))
-
-
-def _value(module: _Module, node: ast.AST | None) -> Any:
-    """A keyword's value: the literal (tuples as lists), else its source text."""
-    if node is None:
-        return None
-    try:
-        return _plain(ast.literal_eval(node))
-    except (ValueError, TypeError, SyntaxError):
-        return _display(module, node)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
-def _elements(module: _Module, node: ast.AST | None) -> list[str] | None:
-    if node is None:
-        return None
-    items = node.elts if isinstance(node, ast.List | ast.Tuple) else [node]
-    return [_display(module, item) for item in items]
-
-
-def returned_list(source: str, function: str) -> list[str] | None:
-    """The elements of the list module-level `function` returns, as source text (our metric lists)."""
-    module = _module(source)
-    node = module.defs.get(function)
-    returns = [n for n in ast.walk(node) if isinstance(n, ast.Return)] if node is not None else []
-    if not returns:
-        raise ValueError(f"fingerprint: {function} returns no list in the source read")
-    return _elements(module, returns[0].value)
-
-
-@functools.lru_cache(maxsize=128)
-def declared_configs(source: str) -> dict[str, ast.Call]:
-    """A lighteval task module's `LightevalTaskConfig(name="<literal>", ...)` calls, by name."""
-    found = {}
-    for node in ast.walk(_module(source).tree):
-        if not isinstance(node, ast.Call):
-            continue
-        callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-        name = next((k.value for k in node.keywords if k.arg == "name"), None)
-        if callee == "LightevalTaskConfig" and isinstance(name, ast.Constant) and isinstance(name.value, str):
-            found[name.value] = node
-    return found
-
-
-def declared_task(source: str, name: str) -> dict[str, Any]:
-    """What the declaration of lighteval task `name` in `source` fixes, as fingerprint fields."""
-    module, call = _module(source), declared_configs(source)[name]
-    kw: dict[str, ast.AST] = {k.arg: k.value for k in call.keywords if k.arg}
-    generation = {key: _value(module, kw[key]) for key in GENERATION_FIELDS if key in kw}
-    prompt = kw.get("prompt_function")
-    return {
-        "prompt_function": None if prompt is None else _expression_digest(module, prompt),
-        "metrics": _elements(module, kw.get("metrics")),
-        "fewshot_split": _value(module, kw.get("few_shots_split")),
-        "fewshot_select": _value(module, kw.get("few_shots_select")),
-        "dataset_path": _value(module, kw.get("hf_repo")),
-        "dataset_subset": _value(module, kw.get("hf_subset")),
-        "dataset_revision": _value(module, kw.get("hf_revision")),
-        "generation": generation or None,
-        "declaration": _expression_digest(module, call),
-    }
-
-
-@functools.lru_cache(maxsize=256)
-def _declared_group(source: str, task: str) -> tuple[tuple[str, Any], ...]:
-    configs = declared_configs(source)
-    names = [task] if task in configs else sorted(n for n in configs if n.startswith(f"{task}:"))
-    if not names:  # declared in a way `ast` cannot read (a loop, a factory): the whole module counts
-        return (("declaration", _sha(source) if source else None),)
-    declared = [declared_task(source, name) for name in names]
-    fields: dict[str, Any] = {"members": len(names)}
-    for key in declared[0]:
-        values = [d[key] for d in declared]
-        same = all(v == values[0] for v in values)
-        fields[key] = values[0] if same else f"{len(names)} members, sha256:{_sha(canonical_json(values))}"
-    return tuple(fields.items())
-
-
-def declared_group(source: str, task: str) -> dict[str, Any]:
-    """`declared_task` for `task`, or merged over a group's members (`mmlu` -> `mmlu:<subject>`)."""
-    return dict(_declared_group(source, task))
+# --- lighteval_builtin's tables, read from its source -----------------------------------------
 
 
 @dataclass(frozen=True)
@@ -395,7 +229,7 @@ class BuiltinTables:
 
 @functools.cache
 def builtin_tables() -> BuiltinTables:
-    module = _module(module_source(BUILTIN_MODULE))
+    module = parsed_module(module_source(BUILTIN_MODULE))
 
     def table(name: str) -> ast.Dict:
         node = module.defs[name]
@@ -405,11 +239,11 @@ def builtin_tables() -> BuiltinTables:
     adapters, native = {}, {}
     for key, value in zip(table("ADAPTERS").keys, table("ADAPTERS").values, strict=True):
         assert isinstance(key, ast.Constant) and isinstance(value, ast.Tuple)
-        adapters[str(key.value)] = (_display(module, value.elts[0]), _display(module, value.elts[1]))
+        adapters[str(key.value)] = (display(module, value.elts[0]), display(module, value.elts[1]))
     for key, value in zip(table("NATIVE_METRICS").keys, table("NATIVE_METRICS").values, strict=True):
         assert isinstance(key, ast.Constant)
         body = value.body if isinstance(value, ast.Lambda) else value
-        native[str(key.value)] = _elements(module, body) or []
+        native[str(key.value)] = elements(module, body) or []
     return BuiltinTables(adapters, native)
 
 
