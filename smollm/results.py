@@ -66,6 +66,8 @@ class ProposedMixture:
     previous: dict[str, float]
     explanation: str
     """Markdown: the proposal, the previous mixture, the diff and the reasons."""
+    reasons: list[str] = field(default_factory=list)
+    """The reasons, one line each (the policy's rules or fit, then any constraint that moved a weight)."""
 
 
 @dataclass(frozen=True, kw_only=True)

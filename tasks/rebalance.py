@@ -23,11 +23,16 @@ def rebalance_task(
     _, proposal = tracked_rebalance(
         node.cfg, inputs, tracker, stage_run_id=stage_run_id, pipeline_run_id=pipeline_run_id, mixture_name=name
     )
-    print("\n".join(proposal.explanation))
     explanation = proposal.markdown(f"Next mixture for {inputs.next_stage}")
     create_markdown_artifact(
         key=artifact_key(node.cfg.pipeline.name, node.name, "rebalance"),
         markdown=explanation,
         description="The proposed next mixture, the current one, the diff and the reasons",
     )
-    return ProposedMixture(name=name, weights=proposal.weights, previous=proposal.previous, explanation=explanation)
+    return ProposedMixture(
+        name=name,
+        weights=proposal.weights,
+        previous=proposal.previous,
+        explanation=explanation,
+        reasons=list(proposal.explanation),
+    )

@@ -56,8 +56,11 @@ def _default_sigterm() -> None:
 os.register_at_fork(after_in_child=_default_sigterm)
 
 
-def evaluate_checkpoint(model_dir: Path, suite: EvalSuite, heldout: Mapping[str, Path], output_dir: Path) -> EvalResult:
-    """Score the checkpoint in `model_dir` (model + tokenizer, `save_pretrained`) on `suite`."""
+def evaluate_checkpoint(
+    model_dir: Path, suite: EvalSuite, heldout: Mapping[str, Path], output_dir: Path, *, progress: str | None = None
+) -> EvalResult:
+    """Score the checkpoint in `model_dir` (model + tokenizer, `save_pretrained`) on `suite`;
+    `progress` labels a progress bar over the scored batches (None: no bar)."""
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     for index, task in enumerate(suite.tasks):
         if task.source and task.source not in heldout:
@@ -70,7 +73,7 @@ def evaluate_checkpoint(model_dir: Path, suite: EvalSuite, heldout: Mapping[str,
         builtins = _resolve_builtins(suite)  # imports their lighteval modules; a bad name fails here
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "suite.json").write_text(json.dumps(suite.to_dict(), indent=2))
-        aggregated, num_items = _run_lighteval(model_dir, suite, items, builtins, output_dir)
+        aggregated, num_items = _run_lighteval(model_dir, suite, items, builtins, output_dir, progress)
     metrics, stderr = _split_metrics(suite, aggregated, builtins)
     primary = {name: builtin.primary_metric for name, builtin in builtins.items()}
     result = EvalResult(
@@ -143,7 +146,12 @@ def _resolve_builtins(suite: EvalSuite) -> dict[str, BuiltinTask]:
 
 
 def _run_lighteval(
-    model_dir: Path, suite: EvalSuite, items: dict[str, list[dict]], builtins: dict[str, BuiltinTask], output_dir: Path
+    model_dir: Path,
+    suite: EvalSuite,
+    items: dict[str, list[dict]],
+    builtins: dict[str, BuiltinTask],
+    output_dir: Path,
+    progress: str | None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """Load the checkpoint, fit and write the items, run lighteval: (aggregated metrics, items
     scored per task)."""
@@ -177,6 +185,10 @@ def _run_lighteval(
         cache_dir=str(output_dir / "lighteval" / "cache"),  # the (disabled) prediction cache stays here
         override_chat_template=False,  # base models: plain-text prompts even if a template ships
     )
+    # `from_model` is annotated `AutoModelForCausalLM` (a factory); it wraps any loaded `PreTrainedModel`
+    scorer = lighteval_model.TokenBatchedModel.from_model(model, config)  # type: ignore[arg-type]
+    assert isinstance(scorer, lighteval_model.TokenBatchedModel)  # typed as returning its base class
+    scorer.progress = progress
     tracker = EvaluationTracker(output_dir=str(output_dir / "lighteval"), save_details=suite.save_details)
     pipeline = lighteval_tasks.CustomTasksPipeline(
         tasks=",".join(f"{task.name}|{task.num_fewshot}" for task in suite.tasks),
@@ -186,8 +198,7 @@ def _run_lighteval(
             custom_tasks_directory=lighteval_tasks.tasks_module(configs),  # type: ignore[arg-type]
         ),
         evaluation_tracker=tracker,
-        # annotated `AutoModelForCausalLM` (a factory), it wraps any loaded `PreTrainedModel`
-        model=lighteval_model.TokenBatchedModel.from_model(model, config),  # type: ignore[arg-type]
+        model=scorer,
         limits=limits,
     )
     pipeline.model._cache = None  # `cached` methods call the model directly when the cache is None
