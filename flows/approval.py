@@ -34,6 +34,7 @@ from smollm.rebalance.write import weights_digest
 from smollm.results import ProposedMixture, StageResult
 from smollm.schema import from_dict
 from smollm.tracking import Tracker
+from tasks.common import run_logger
 
 
 class SourceWeight(pydantic.BaseModel):
@@ -104,7 +105,9 @@ def ask(cfg: RunConfig, proposed: ProposedMixture, stage_run_id: str, next_stage
     rejected, or the time is up."""
     settings = cfg.rebalance.approval
     if not server_can_ask():
-        print(f"approval: no Prefect server to ask on (PREFECT_API_URL unset); on_timeout={settings.on_timeout}")
+        run_logger().warning(
+            f"approval: no Prefect server to ask on (PREFECT_API_URL unset); on_timeout={settings.on_timeout}"
+        )
         return _default(proposed, f"no-server-{settings.on_timeout}", settings.on_timeout)
     rejected = ""
     while True:
@@ -114,7 +117,9 @@ def ask(cfg: RunConfig, proposed: ProposedMixture, stage_run_id: str, next_stage
         try:
             answer = pause_flow_run(wait_for_input=form, timeout=settings.timeout_seconds, poll_interval=1)
         except FlowPauseTimeout:
-            print(f"approval: nobody answered within {settings.timeout_seconds}s; on_timeout={settings.on_timeout}")
+            run_logger().warning(
+                f"approval: nobody answered within {settings.timeout_seconds}s; on_timeout={settings.on_timeout}"
+            )
             _running_again()
             return _default(proposed, f"timeout-{settings.on_timeout}", settings.on_timeout)
         if not answer.approve:
@@ -127,7 +132,7 @@ def ask(cfg: RunConfig, proposed: ProposedMixture, stage_run_id: str, next_stage
             broken = check_constraints(proposed, weights, answer.override_constraints)
         except (ConfigError, ValueError) as err:
             rejected = str(err)
-            print(f"approval: edit rejected: {rejected}")
+            run_logger().warning(f"approval: edit rejected: {rejected}")
             continue
         name = _write_edit(cfg, proposed, stage_run_id, weights, answer.note, broken)
         return ApprovalDecision(name, "edited", weights, broken)

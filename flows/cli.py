@@ -21,7 +21,10 @@ import argparse
 import json
 import sys
 
+# Nothing imported at module level here may import Prefect, MLflow or the HF libraries: they
+# read the console's settings once, when imported, after `main` has set them (flows/console.py).
 from flows.compose import compose, generated_dir
+from flows.console import console_env
 from smollm.config import ConfigError
 from smollm.rebalance import Infeasible
 from smollm.results import PipelineResult, SweepResult
@@ -150,6 +153,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    with console_env():  # before anything imports Prefect or the HF libraries
+        return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the command `args` names; a bad config or input is one line on stderr and exit 2."""
     try:
         if args.command in ("anneal", "ablate"):
             return run_sweep(args.command, args.overrides, multirun=args.multirun)

@@ -26,16 +26,17 @@ from smollm.lineage import Lineage, StageNode
 from smollm.results import PipelineResult, StageResult
 from smollm.runs import tracked_run
 from smollm.tracking import Tracker, make_tracker, tracking_uri
+from tasks.common import run_logger
 
 
-@flow(name="smollm-pipeline", log_prints=True)
+@flow(name="smollm-pipeline")
 def pipeline_flow(overrides: list[str] | None = None, through: str | None = None) -> PipelineResult:
     """Run every stage of the composed pipeline (or those up to and including the stage named
     `through`); returns each stage flow's result."""
     lineage = compose_lineage(list(overrides or []))
     plan = preflight(lineage)
     for warning in plan.warnings:
-        print(f"warning: {warning}")
+        run_logger().warning(warning)
     top = lineage.top
     last = lineage.num_stages - 1 if through is None else lineage.index(through)
     tracker = make_tracker(top.tracking, Path(top.workdir))
@@ -48,9 +49,9 @@ def pipeline_flow(overrides: list[str] | None = None, through: str | None = None
             if node is None:
                 how = (stages[-1].approval or {}).get("how")
                 stopped = f"before {top.pipeline.stages[index].name}: the proposed mixture was not approved ({how})"
-                print(f"pipeline stopped {stopped}")
+                run_logger().warning(f"pipeline stopped {stopped}")
                 break
-            print(f"stage {index + 1}/{lineage.num_stages}: {node.name}")
+            run_logger().info(f"stage {index + 1}/{lineage.num_stages}: {node.name} on mixture {node.mixture.name}")
             parent = node.start.parent
             origin, trained = (None, None) if parent is None else (lineage.nodes[parent], stages[parent])
             stages.append(stage_flow(node, origin, trained, stages[-1] if stages else None, run_id))

@@ -28,6 +28,7 @@ from flows.stage import stage_flow
 from flows.sweep import sweep_flow
 from flows.untrusted import check_overrides
 from smollm.schema import ConfigError
+from tasks.common import run_logger
 
 DEFAULT_PIPELINE = "demo"
 
@@ -65,7 +66,7 @@ def checked(pipeline: str, overrides: list[str], **values: Any) -> list[str]:
     typed = [f"{key}={value}" for key, value in values.items() if value is not None]
     result = [f"pipeline={pipeline}", *typed, *user]
     compose(result)
-    print(f"overrides: {' '.join(result)}")
+    run_logger().info(f"overrides: {' '.join(result)}")
     return result
 
 
@@ -76,7 +77,7 @@ def stage_index(pipeline: str, stage: str) -> int:
     return names.index(stage)
 
 
-@flow(name="smollm-run-stage", log_prints=True)
+@flow(name="smollm-run-stage")
 def run_stage(
     pipeline: PipelineName = DEFAULT_PIPELINE,
     stage: StageName = "stage1",
@@ -106,7 +107,7 @@ def run_stage(
     return result.stages[-1].to_dict()
 
 
-@flow(name="smollm-run-pipeline", log_prints=True)
+@flow(name="smollm-run-pipeline")
 def run_pipeline(
     pipeline: PipelineName = DEFAULT_PIPELINE,
     seed: Seed = 0,
@@ -127,7 +128,7 @@ def run_pipeline(
     return pipeline_flow(overrides=run).to_dict()
 
 
-@flow(name="smollm-run-sweep", log_prints=True)
+@flow(name="smollm-run-sweep")
 def run_sweep(
     kind: Literal["anneal", "ablate"] = "anneal",
     pipeline: PipelineName = DEFAULT_PIPELINE,

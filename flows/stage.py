@@ -21,14 +21,16 @@ from smollm.results import Checkpoint, ProposedMixture, StageResult, StartPoint,
 from smollm.runs import decision_metrics, log_sweep_results, rebalance_inputs, rebalance_sources, tracked_run
 from smollm.stage import TrainOutcome, stable_tokens
 from smollm.steps import StepResult
+from smollm.sweep import category_scores
 from smollm.tracking import Tracker, make_tracker
+from tasks.common import run_logger
 from tasks.data import build_data, build_sources, computed, sources_of
 from tasks.evaluate import evaluate_task
 from tasks.rebalance import rebalance_task
 from tasks.train import start_checkpoint, train_task
 
 
-@flow(name="smollm-stage", log_prints=True)
+@flow(name="smollm-stage")
 def stage_flow(
     node: StageNode,
     origin: StageNode | None = None,
@@ -51,7 +53,7 @@ def stage_flow(
         init = start_checkpoint(node, origin, trained, tracker, run_id)
         outcome, prefixes = train_through(node, data, init, tracker, run_id)
         tokens = outcome.summary["tokens_seen"]
-        evaluation, evals = evaluate_task(node, outcome.step, sources_of(data), tracker, run_id, tokens)
+        evaluation, evals = evaluate(node, outcome.step, data, tracker, run_id, tokens)
         ran = [*data.values(), *prefixes.values(), outcome.step, evaluation]
         check_walk(node, ran)
         stable_at = stable_tokens(cfg, node.stage)
@@ -90,6 +92,16 @@ def train_through(
         outcome = train_task(node, data, init, tracker, run_id, stop_at_tokens=at_tokens, resume_from=resume)
         resume = prefixes[at_tokens] = outcome.step
     return train_task(node, data, init, tracker, run_id, resume_from=resume), prefixes
+
+
+def evaluate(
+    node: StageNode, checkpoint: StepResult, data: dict[str, StepResult], tracker: Tracker, run_id: str, tokens: int
+) -> tuple[StepResult, dict[str, float]]:
+    """The stage's evaluation (a task); its category scores are logged."""
+    evaluation, evals = evaluate_task(node, checkpoint, sources_of(data), tracker, run_id, tokens)
+    scores = ", ".join(f"{name} {value:.3f}" for name, value in sorted(category_scores(evals).items()))
+    run_logger().info(f"{node.name} evaluated at {tokens} tokens: {scores}")
+    return evaluation, evals
 
 
 def check_walk(node: StageNode, ran: list[StepResult]) -> None:
@@ -158,7 +170,17 @@ def propose_next(
         fingerprint=node.eval_fingerprint,
         previous_fingerprint=None if previous is None else previous.eval_fingerprint,
     )
-    return rebalance_task(node, inputs, tracker, stage_run_id, pipeline_run_id)
+    proposal = rebalance_task(node, inputs, tracker, stage_run_id, pipeline_run_id)
+    run_logger().info(decision(node, proposal))
+    return proposal
+
+
+def decision(node: StageNode, proposal: ProposedMixture) -> str:
+    """The rebalance's decision for the log: the next mixture, each weight's change, the reasons."""
+    names = sorted(set(proposal.weights) | set(proposal.previous))
+    changes = ", ".join(f"{n} {proposal.previous.get(n, 0.0):.3f} -> {proposal.weights.get(n, 0.0):.3f}" for n in names)
+    lines = [f"rebalance after {node.name} proposes {proposal.name}: {changes}", *proposal.reasons]
+    return "\n  ".join(lines)
 
 
 def _rows(sweeps: dict[str, SweepResult]) -> dict[str, list]:

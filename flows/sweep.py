@@ -47,6 +47,7 @@ from smollm.sweep import (
     with_controls,
 )
 from smollm.tracking import Tracker, make_tracker
+from tasks.common import run_logger
 from tasks.data import build_data, computed, sources_of
 from tasks.sweep import summary_task
 from tasks.train import start_checkpoint, train_task
@@ -64,7 +65,7 @@ class MemberSpec:
     complete: bool = False
 
 
-@flow(name="smollm-sweep", log_prints=True)
+@flow(name="smollm-sweep")
 def sweep_flow(
     kind: Literal["anneal", "ablate"] = "anneal",
     candidates: list[str] | None = None,
@@ -120,7 +121,7 @@ def run_sweep(
         specs = [with_identities(s, data, base_step) for s in specs]
         sid = sweep_id(kind, [s.train_identity + s.eval_identity for s in specs])
         tracker.set_tags(run_id, {"smollm.sweep_id": sid, "smollm.sweep_kind": kind})
-        print(f"{title}: {len(specs)} members, {sum(not s.complete for s in specs)} to run")
+        run_logger().info(f"{title}: {len(specs)} members, {sum(not s.complete for s in specs)} to run")
         jobs = member_jobs(kind, specs, data, start, tracker, run_id)
         members_started = time.perf_counter()
         results = launch_members(cfg.sweep, jobs, common, {s.member.name for s in specs if not s.complete})
@@ -146,7 +147,7 @@ def run_sweep(
     )
 
 
-@flow(name="smollm-sweep-member", log_prints=True)
+@flow(name="smollm-sweep-member")
 def member_flow(job: dict[str, Any]) -> dict[str, Any]:
     """One sweep member (a `MemberJob`'s JSON form), deployable on a work pool (`sweep.launcher=work_pool`)."""
     return run_member_job(job, flow_run_id=str(flow_run.id))

@@ -351,6 +351,7 @@ class TrainConfig:
     num_threads: int = 0
     """torch intra-op threads (0: torch's default)."""
     progress: bool = True
+    """Progress bars on the console: one per training run and one per evaluation."""
     processes: int = 1
     """Training processes on this node: > 1 launches the stage's training under `torchrun`
     (torch.distributed; gloo on CPU, NCCL on GPUs). They share the step's micro-batches, so the

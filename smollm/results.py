@@ -72,6 +72,8 @@ class ProposedMixture:
     constraints: Constraints
     """What the proposal was held to (per source: min/max weight, the epoch cap with the tokens
     available and consumed; `max_change`); an edit at approval is checked against the same."""
+    reasons: list[str] = field(default_factory=list)
+    """The reasons, one line each (the policy's rules or fit, then any constraint that moved a weight)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -142,11 +142,14 @@ def tracked_evaluate(
     tracker: Tracker,
     run_id: str,
     tokens_seen: int,
+    *,
+    label: str | None = None,
 ) -> tuple[StepResult, dict[str, float]]:
-    """Evaluate and log `eval/<task>/<metric>` and `eval/category/<name>` on `run_id` at
-    `tokens_seen`, and the suite fingerprint (param `eval.fingerprint`, its digest, and
-    `eval/fingerprint.json`, per task); the evaluation step and the metrics."""
-    step, result = evaluate(cfg, checkpoint, dict(sources))
+    """Evaluate (`label` names its progress bar) and log `eval/<task>/<metric>` and
+    `eval/category/<name>` on `run_id` at `tokens_seen`, and the suite fingerprint (param
+    `eval.fingerprint`, its digest, and `eval/fingerprint.json`, per task); the evaluation step
+    and the metrics."""
+    step, result = evaluate(cfg, checkpoint, dict(sources), label=label)
     metrics = {f"{EVAL_PREFIX}{k}": v for k, v in result.metrics.items()}
     metrics.update({f"{EVAL_PREFIX}category/{k}": v for k, v in result.categories.items()})
     tracker.log_metrics(run_id, metrics, step=tokens_seen)
@@ -171,7 +174,7 @@ def tracked_member(job: MemberJob, tracker: Tracker, *, flow_run_id: str | None)
         record_training(tracker, job.run_id, outcome)
         summary = outcome.summary
         evaluation, evals = tracked_evaluate(
-            job.cfg, outcome.step, sources, tracker, job.run_id, summary["tokens_seen"]
+            job.cfg, outcome.step, sources, tracker, job.run_id, summary["tokens_seen"], label=job.name
         )
         tokens = summary["stage_tokens_per_source"]
         tracker.log_metrics(

@@ -259,17 +259,23 @@ def eval_step(cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepRes
     )
 
 
-def evaluate(cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult]) -> tuple[StepResult, Any]:
-    """Evaluate a checkpoint on the suite with lighteval; reuse complete results."""
+def evaluate(
+    cfg: RunConfig, checkpoint: StepResult, sources: dict[str, StepResult], *, label: str | None = None
+) -> tuple[StepResult, Any]:
+    """Evaluate a checkpoint on the suite with lighteval; reuse complete results. With
+    `train.progress`, a progress bar `evaluate <label>` (default: the checkpoint's name)."""
     from smollm.evaluation.lighteval_backend import evaluate_checkpoint
     from smollm.evaluation.result import EvalResult
 
     heldout = {name: result.output / "heldout.jsonl" for name, result in sources.items()}
     step = eval_step(cfg, checkpoint, sources)
     fingerprint = SuiteFingerprint.from_dict(step.config["fingerprint"])
+    progress = f"evaluate {label or checkpoint.output.name}" if cfg.train.progress else None
     result = run_step(
         step,
         workdir(cfg),
-        lambda out: evaluate_checkpoint(checkpoint.output / "model", cfg.eval_suite, heldout, out, fingerprint),
+        lambda out: evaluate_checkpoint(
+            checkpoint.output / "model", cfg.eval_suite, heldout, out, fingerprint, progress=progress
+        ),
     )
     return result, EvalResult.from_json((result.output / "results.json").read_text())

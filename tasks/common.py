@@ -1,11 +1,29 @@
-"""What every task shares: the cache policy, retries on transient errors only, artifact keys."""
+"""What every task and flow shares: the cache policy, retries on transient errors only, artifact
+keys, the run logger."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The current flow or task run's logger: its lines reach the run's page in the Prefect UI and
+    the console. Outside a run (a helper called on its own), the `smollm` logger.
+
+    The flows do not use `log_prints`: it would turn every `print` inside a run into a log line,
+    libraries' included (dill's `dis` output, which datasets' fingerprinting captures from
+    stdout, became hundreds of lines per evaluation), and a warning a library prints to stderr
+    into a task run's INFO line, which the console leaves out (`flows/console.py`)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("smollm")
 
 
 def is_transient(error: BaseException) -> bool:
@@ -26,7 +44,11 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
     except BaseException as error:  # the task's own exception, re-raised by its state
-        return is_transient(error)
+        if not is_transient(error):
+            return False
+        # Prefect announces the retry at INFO, which the console leaves out for task runs
+        run_logger().warning(f"{task_run.name}: transient error, retrying: {error!r}")
+        return True
     return False
 
 
@@ -35,6 +57,7 @@ TASK_OPTIONS: dict[str, Any] = {
     "retries": 1,
     "retry_delay_seconds": 2,
     "retry_condition_fn": transient,
+    "log_prints": False,  # even with PREFECT_LOGGING_LOG_PRINTS set: see `run_logger`
 }
 
 

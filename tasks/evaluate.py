@@ -23,7 +23,7 @@ def evaluate_task(
 ) -> tuple[StepResult, dict[str, float]]:
     """The evaluation step and its `eval/...` metrics (at `tokens_seen`); a table artifact of
     the category scores."""
-    step, metrics = tracked_evaluate(node.cfg, checkpoint, sources, tracker, stage_run_id, tokens_seen)
+    step, metrics = tracked_evaluate(node.cfg, checkpoint, sources, tracker, stage_run_id, tokens_seen, label=node.name)
     rows = [
         {"category": k.split("/", 2)[-1], "score": round(v, 4)}
         for k, v in sorted(metrics.items())

@@ -23,7 +23,6 @@ def rebalance_task(
     _, proposal = tracked_rebalance(
         node.cfg, inputs, tracker, stage_run_id=stage_run_id, pipeline_run_id=pipeline_run_id, mixture_name=name
     )
-    print("\n".join(proposal.explanation))
     explanation = proposal.markdown(f"Next mixture for {inputs.next_stage}")
     create_markdown_artifact(
         key=artifact_key(node.cfg.pipeline.name, node.name, "rebalance"),
@@ -36,4 +35,5 @@ def rebalance_task(
         previous=proposal.previous,
         explanation=explanation,
         constraints=inputs.constraints,
+        reasons=list(proposal.explanation),
     )

@@ -64,10 +64,13 @@ def evaluate_checkpoint(
     heldout: Mapping[str, Path],
     output_dir: Path,
     fingerprint: SuiteFingerprint | None = None,
+    *,
+    progress: str | None = None,
 ) -> EvalResult:
     """Score the checkpoint in `model_dir` (model + tokenizer, `save_pretrained`) on `suite`.
     `fingerprint` is the suite's as the evaluation step computed it (its held-out revisions are
-    the sources' data identities); by default each held-out file's digest stands for its revision."""
+    the sources' data identities); by default each held-out file's digest stands for its revision.
+    `progress` labels a progress bar over the scored batches (None: no bar)."""
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     for index, task in enumerate(suite.tasks):
         if task.source and task.source not in heldout:
@@ -82,7 +85,7 @@ def evaluate_checkpoint(
         builtins = _resolve_builtins(suite)  # imports their lighteval modules; a bad name fails here
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "suite.json").write_text(json.dumps(suite.to_dict(), indent=2))
-        aggregated, num_items = _run_lighteval(model_dir, suite, items, builtins, output_dir)
+        aggregated, num_items = _run_lighteval(model_dir, suite, items, builtins, output_dir, progress)
     metrics, stderr = _split_metrics(suite, aggregated, builtins)
     primary = {name: builtin.primary_metric for name, builtin in builtins.items()}
     result = EvalResult(
@@ -160,7 +163,12 @@ def _resolve_builtins(suite: EvalSuite) -> dict[str, BuiltinTask]:
 
 
 def _run_lighteval(
-    model_dir: Path, suite: EvalSuite, items: dict[str, list[dict]], builtins: dict[str, BuiltinTask], output_dir: Path
+    model_dir: Path,
+    suite: EvalSuite,
+    items: dict[str, list[dict]],
+    builtins: dict[str, BuiltinTask],
+    output_dir: Path,
+    progress: str | None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """Load the checkpoint, fit and write the items, run lighteval: (aggregated metrics, items
     scored per task)."""
@@ -194,6 +202,10 @@ def _run_lighteval(
         cache_dir=str(output_dir / "lighteval" / "cache"),  # the (disabled) prediction cache stays here
         override_chat_template=False,  # base models: plain-text prompts even if a template ships
     )
+    # `from_model` is annotated `AutoModelForCausalLM` (a factory); it wraps any loaded `PreTrainedModel`
+    scorer = lighteval_model.TokenBatchedModel.from_model(model, config)  # type: ignore[arg-type]
+    assert isinstance(scorer, lighteval_model.TokenBatchedModel)  # typed as returning its base class
+    scorer.progress = progress
     tracker = EvaluationTracker(output_dir=str(output_dir / "lighteval"), save_details=suite.save_details)
     pipeline = lighteval_tasks.CustomTasksPipeline(
         tasks=",".join(f"{task.name}|{task.num_fewshot}" for task in suite.tasks),
@@ -203,8 +215,7 @@ def _run_lighteval(
             custom_tasks_directory=lighteval_tasks.tasks_module(configs),  # type: ignore[arg-type]
         ),
         evaluation_tracker=tracker,
-        # annotated `AutoModelForCausalLM` (a factory), it wraps any loaded `PreTrainedModel`
-        model=lighteval_model.TokenBatchedModel.from_model(model, config),  # type: ignore[arg-type]
+        model=scorer,
         limits=limits,
     )
     pipeline.model._cache = None  # `cached` methods call the model directly when the cache is None

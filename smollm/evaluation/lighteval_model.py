@@ -23,6 +23,7 @@ import torch
 from lighteval.models.model_output import ModelResponse
 from lighteval.models.transformers.transformers_model import TransformersModel, TransformersModelConfig
 from lighteval.tasks.requests import Doc
+from tqdm.auto import tqdm
 
 
 class LocalModelConfig(TransformersModelConfig):
@@ -37,6 +38,9 @@ class TokenBatchedModel(TransformersModel):
     `batch_size` (context + choice) sequences. Build it with `from_model(model, config)`.
     Rolling log-likelihoods, multi-process runs and automatic batch sizes go to lighteval's."""
 
+    progress: str | None = None
+    """The label of a progress bar over the batches (None: no bar)."""
+
     def _loglikelihood_tokens(self, docs: list[Doc], rolling: bool = False) -> list[ModelResponse]:
         if rolling or self.accelerator is not None or not self.batch_size:
             return super()._loglikelihood_tokens(docs, rolling=rolling)
@@ -47,7 +51,8 @@ class TokenBatchedModel(TransformersModel):
         sequences.sort(key=lambda s: -(len(contexts[s[0]]) + len(choices[s[0]][s[1]])))
         logprobs = [[0.0] * len(c) for c in choices]
         greedy = [[False] * len(c) for c in choices]
-        for start in range(0, len(sequences), self.batch_size):
+        starts = range(0, len(sequences), self.batch_size)
+        for start in tqdm(starts, desc=self.progress, unit="batch", disable=self.progress is None, dynamic_ncols=True):
             batch = sequences[start : start + self.batch_size]
             sums, matches = self._score([(contexts[d], choices[d][c]) for d, c in batch])
             for (d, c), total, match in zip(batch, sums, matches, strict=True):
