@@ -25,7 +25,8 @@ from flows.stage import stage_flow
 from smollm.lineage import Lineage, StageNode
 from smollm.results import PipelineResult, StageResult
 from smollm.runs import tracked_run
-from smollm.tracking import Tracker, make_tracker, tracking_uri
+from smollm.tracking import Tracker, make_tracker
+from smollm.tracking_mlflow import tracking_uri
 from tasks.common import run_logger
 
 

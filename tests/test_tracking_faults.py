@@ -16,7 +16,7 @@ import pytest
 
 from smollm.config import TrackingConfig
 from smollm.services import _executable, mlflow_server_command
-from smollm.tracking import MLflowTracker
+from smollm.tracking_mlflow import MLflowTracker
 from tests.conftest import stage_run, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -65,10 +65,10 @@ def server(tmp_path):
 
 
 def test_metrics_logged_while_the_server_is_away_arrive_when_it_is_back(built, server, tmp_path, monkeypatch, capsys):
-    import smollm.tracking
+    import smollm.tracking_mlflow
     from smollm.train import Trainer
 
-    monkeypatch.setattr(smollm.tracking, "MAX_BATCH", 20)  # flush every few steps, outage included
+    monkeypatch.setattr(smollm.tracking_mlflow, "MAX_BATCH", 20)  # flush every few steps, outage included
     cfg, steps = built[0], 60
     run = stage_run(built, steps)
     tracker = MLflowTracker(TrackingConfig(uri=server.uri, experiment="faults"), tmp_path / "work")

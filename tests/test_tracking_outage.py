@@ -15,8 +15,10 @@ import time
 import pytest
 
 from smollm.config import TrackingConfig
-from smollm.tracking import MLflowTracker
-from smollm.tracking_faults import HEARTBEAT, TrackingServerAway
+from smollm.tracking_faults import HEARTBEAT
+from smollm.tracking_journal import TrackingServerAway
+from smollm.tracking_link import ServerLink
+from smollm.tracking_mlflow import MLflowTracker
 from tests.test_tracking_faults import MlflowServer
 
 pytestmark = pytest.mark.slow
@@ -105,15 +107,15 @@ def tracker(link, tmp_path):
 
 def cut_after_the_health_check(tracker: MLflowTracker, link: Link) -> None:
     """The tracker's next health check passes, then the link goes down before its next call."""
-    check = tracker._reachable
+    check = tracker.link.reachable
 
     def passes_then_cut() -> bool:
         up = check()
         link.cut()
-        del tracker._reachable  # back to the real check, which now fails
+        del tracker.link.reachable  # back to the real check, which now fails
         return up
 
-    tracker._reachable = passes_then_cut  # type: ignore[method-assign]
+    tracker.link.reachable = passes_then_cut  # type: ignore[method-assign]
 
 
 def server_client(link: Link):
@@ -180,7 +182,7 @@ def test_a_write_the_server_drops_after_the_health_check_is_journaled_and_delive
     note.write_text("{}")
     cut_after_the_health_check(tracker, link)
     WRITES[op](tracker, run_id, note)  # does not raise: training goes on
-    assert tracker.buffer and tracker._down
+    assert tracker.buffer and tracker.link.down
     link.mend()
     tracker.log_metrics(run_id, {"eval/category/math": 0.5}, step=1)
     tracker.flush()  # the first call after the server is back replays the journal first
@@ -209,17 +211,17 @@ def test_a_replay_the_server_drops_goes_on_in_order_and_a_refused_write_still_ra
 
 
 def test_a_tracker_started_as_the_server_drops_starts_and_journals(link, tmp_path, monkeypatch):
-    check = MLflowTracker._reachable
+    check = ServerLink.reachable
 
     def passes_then_cut(self) -> bool:
         up = check(self)
         link.cut()
-        monkeypatch.setattr(MLflowTracker, "_reachable", check)
+        monkeypatch.setattr(ServerLink, "reachable", check)
         return up
 
-    monkeypatch.setattr(MLflowTracker, "_reachable", passes_then_cut)
+    monkeypatch.setattr(ServerLink, "reachable", passes_then_cut)
     tracker = MLflowTracker(TrackingConfig(uri=link.uri, experiment=tmp_path.name), tmp_path / "work")
-    assert tracker._down  # the stale-run search was dropped: no error
+    assert tracker.link.down  # the stale-run search was dropped: no error
     assert tracker.start_run("pipeline/demo").startswith("offline-")
 
 
