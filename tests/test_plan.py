@@ -134,7 +134,9 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
     versions, and the evaluation's config took the suite fingerprint (its tasks' prompts,
     metrics, few-shot and data: an edit of a prompt function moves the eval pin) (issue 17);
     before that, 0bb3b77. The eval pin moved again when `smollm.evaluation.source_reading` split
-    off `fingerprint.py` and joined the evaluation's closure (its fingerprint unchanged)."""
+    off `fingerprint.py` and joined the evaluation's closure (its fingerprint unchanged), and the
+    training's when the tracking modules split (`tracking_mlflow`, `tracking_link`,
+    `tracking_journal` joined its closure)."""
     import smollm.evaluation.fingerprint
     import smollm.stage
     import smollm.steps
@@ -157,7 +159,7 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
         ("tokens", "stdlib_code"): "1f05c6d947c41903",
         ("tokens", "stdlib_prose"): "17ac40f0b4563efb",
         ("tokens", "synthetic_math"): "f99fe49abaeb0918",
-        ("train", "demo-stage1"): "1e3b34beb089077a",
-        ("eval", "demo-stage1-1e3b34beb089"): "06cc4978885db7cb",
+        ("train", "demo-stage1"): "c6ba5996e43d3a5f",
+        ("eval", "demo-stage1-c6ba5996e43d"): "6569f2f430586d93",
     }
-    assert plan.stages[1].train_identity[:16] == "f1e0901be476b4ba"  # on the estimate: stage 1's mixture
+    assert plan.stages[1].train_identity[:16] == "6db0911269f60c8f"  # on the estimate: stage 1's mixture
