@@ -111,16 +111,17 @@ def build_source(cfg: RunConfig, name: str, tokenizer: StepResult) -> StepResult
     from smollm.data.shards import TokenizedSource, tokenize_source
 
     source, executor = cfg.data.sources[name], cfg.data.executor
-    commit = hub_commit(source)  # the declared revision is the identity; the commit is what is read
-    if commit is not None:
-        source = dataclasses.replace(source, revision=commit)
 
     def build(out: Path) -> dict:
+        # the declared revision is the identity; the commit it names now is what is read (and
+        # recorded), asked only when building: a complete output never needs the hub
+        commit = hub_commit(source)
+        read = source if commit is None else dataclasses.replace(source, revision=commit)
         if executor.kind == "inline":
-            return tokenize_source(source, tokenizer.output, out, cfg.data.shard_tokens)
+            return tokenize_source(read, tokenizer.output, out, cfg.data.shard_tokens)
         from smollm.data.datatrove_tokenize import tokenize_source_datatrove
 
-        return tokenize_source_datatrove(source, tokenizer.output, out, cfg.data.shard_tokens, executor)
+        return tokenize_source_datatrove(read, tokenizer.output, out, cfg.data.shard_tokens, executor)
 
     return run_step(
         source_step(cfg, name, tokenizer),

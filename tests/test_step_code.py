@@ -202,3 +202,17 @@ def test_a_hub_revision_is_resolved_to_the_commit_the_hub_names_when_it_answers(
     finally:
         server.shutdown()
     assert asked == ["/api/datasets/org/data/revision/v1", "/api/datasets/org/data"]
+
+
+def test_a_complete_source_never_asks_the_hub(built, monkeypatch):
+    """The commit is asked only when a source is built: a cache hit works with the hub away."""
+    import smollm.stage
+
+    def away(source):
+        raise AssertionError(f"asked the hub for {source.name}")
+
+    monkeypatch.setattr(smollm.stage, "hub_commit", away)
+    cfg, tokenizer, sources = built
+    for name, result in sources.items():
+        again = smollm.stage.build_source(cfg, name, tokenizer)
+        assert not again.computed and again.identity == result.identity
