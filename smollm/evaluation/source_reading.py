@@ -17,12 +17,11 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from smollm.step_code import module_file
 from smollm.steps import canonical_json
 
 GENERATION_FIELDS = ("generation_size", "stop_sequence", "num_samples")
@@ -31,11 +30,11 @@ GENERATION_FIELDS = ("generation_size", "stop_sequence", "num_samples")
 
 @functools.cache
 def module_source(module: str) -> str:
-    """The source of one of our modules, from the file the import system would load (not imported)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
+    """The source of one of our modules (`step_code.module_file`: read, not imported)."""
+    path = module_file(module)
+    if path is None:
         raise ValueError(f"fingerprint: no source for module {module!r}")
-    return Path(spec.origin).read_text(encoding="utf-8")
+    return path.read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
