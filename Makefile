@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_TELEMETRY := false
 
-.PHONY: install demo test bench lint format clean serve stop test-deps
+.PHONY: install demo test bench loop-bench lint format clean serve stop test-deps
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,11 @@ stop:
 # Every benchmark as a ratio against its baseline, measured in the same run -> bench/results.md.
 bench: install
 	$(PY) bench/run_all.py
+
+# The loop's decisions against static, uniform, hand-written and hindsight mixtures, 3 seeds each
+# (bench/loop_bench.yaml) -> bench/loop_results.md + .png; about 45 minutes on 2 cores.
+loop-bench: install
+	$(PY) bench/loop_bench.py
 
 clean:
 	rm -rf work .pytest_cache .ruff_cache .mypy_cache

@@ -27,7 +27,7 @@ from flows.compose import compose, generated_dir
 from flows.console import console_env
 from smollm.config import ConfigError
 from smollm.rebalance import Infeasible
-from smollm.results import PipelineResult, SweepResult
+from smollm.results import PipelineResult, ProposedMixture, SweepResult
 from smollm.schema import to_dict
 from smollm.sweep import format_table
 
@@ -41,6 +41,9 @@ def report(result: PipelineResult) -> str:
         cats = {k.split("/")[-1]: round(v, 3) for k, v in stage.evals.items() if k.startswith("eval/category/")}
         loss = f"{s['first_loss']:.3f}->{s['last_loss']:.3f}"
         lines.append(f"{stage.stage:<10}{str(stage.trained):>9}{stage.tokens_seen:>11}{loss:>20}  {cats}")
+    for stage in result.stages:
+        if stage.proposal is not None:
+            lines += ["", *decision_table(stage.stage, stage.proposal)]
     lines += [
         "",
         f"work dir:          {result.workdir}",
@@ -49,6 +52,29 @@ def report(result: PipelineResult) -> str:
         "open the MLflow and Prefect UIs: make serve   (then http://127.0.0.1:5000, http://127.0.0.1:4200)",
     ]
     return "\n".join(lines)
+
+
+def decision_table(stage: str, proposal: ProposedMixture) -> list[str]:
+    """The rebalance after `stage`: per source its weight before and after, and beside it what
+    the policy measured for it: the annealing gain over the control (objective units, higher
+    is better), the centred slope ± `noise_sigmas` of its noise, and whether it moved."""
+    evidence = {row["candidate"]: row for row in proposal.evidence}
+    lines = [f"after {stage} -> {proposal.name}"]
+    if evidence:
+        lines.append(f"  {'source':<16}{'before':>8}{'after':>8}{'gain':>10}  {'centred slope':>20}  moved")
+    else:
+        lines.append(f"  {'source':<16}{'before':>8}{'after':>8}")
+    for name in sorted(set(proposal.weights) | set(proposal.previous)):
+        before, after = proposal.previous.get(name, 0.0), proposal.weights.get(name, 0.0)
+        row = f"  {name:<16}{before:>8.3f}{after:>8.3f}"
+        if name in evidence:
+            e = evidence[name]
+            noise = "± ?" if e["slope_noise"] is None else f"± {e['slope_noise']:.4f}"
+            moved = "yes" if e["significant"] else "no (within the noise)"
+            row += f"{e['gain']:>+10.4f}  {e['centred_slope']:>+10.4f} {noise:>9}  {moved}"
+        lines.append(row)
+    bound = [r for r in proposal.reasons if r.startswith("constraint:")]
+    return lines + [f"  {r}" for r in bound]
 
 
 def sweep_report(result: SweepResult) -> str:

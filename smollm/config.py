@@ -86,7 +86,7 @@ class SourceConfig:
     name: str
     loader: Literal["builtin", "hf"]
     """`builtin`: a generator that exists on any Python machine; `hf`: a `datasets` dataset."""
-    builtin: Literal["stdlib_prose", "stdlib_code", "synthetic_math"] | None = None
+    builtin: Literal["stdlib_prose", "stdlib_code", "synthetic_math", "noisy_web"] | None = None
     path: str | None = None
     """For `hf`: a hub id, a local folder laid out like the hub repo (or a `save_to_disk`
     folder), or a packaged builder (parquet, json). Only this differs between hub and stand-in."""
@@ -580,6 +580,21 @@ class AnnealGainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnnealSlopeConfig:
+    """`anneal_slope`: move along the objective's slope towards each annealing candidate,
+    centred on the mixture's own (`smollm.rebalance.anneal_slope`)."""
+
+    step: float = 0.2
+    """The move of the source with the largest centred slope; the others' in proportion."""
+    signal: Literal["bpb", "accuracy"] = "bpb"
+    """The objective the slopes are of: held-out bits per byte per category (lower is better,
+    low-noise) or category accuracy."""
+
+    def __post_init__(self) -> None:
+        check(0 < self.step <= 1, "step", "must be in (0, 1]", self.step)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RegressionConfig:
     """`regression`: fit score ~ b0 + sum_j b_j log(w_j + epsilon) over the data-ablation runs
     (RegMix / data-mixing-law style) and maximise it on the constrained simplex, minus
@@ -620,16 +635,18 @@ class RebalanceConfig:
     """The policy that writes the next stage's mixture from this stage's evaluations (and the
     sweeps it ran), within the sources' constraints."""
 
-    policy: Literal["keep", "rules", "anneal_gain", "regression"] = "rules"
+    policy: Literal["keep", "rules", "anneal_gain", "anneal_slope", "regression"] = "rules"
     rules: list[RuleConfig] = field(default_factory=list)
     max_change: float = 0.2
     """The largest change of any one weight between two stages."""
     priorities: dict[str, float] = field(default_factory=dict)
-    """Category weights of the score `anneal_gain` and `regression` maximise (empty: all 1)."""
+    """Category weights of the score `anneal_gain`, `anneal_slope` and `regression` maximise
+    (empty: all 1)."""
     noise_sigmas: float = 1.0
     """With seed repeats, a gain smaller than this many standard deviations of its spread over
     seeds is noise: it does not move the mixture."""
     anneal_gain: AnnealGainConfig = field(default_factory=AnnealGainConfig)
+    anneal_slope: AnnealSlopeConfig = field(default_factory=AnnealSlopeConfig)
     regression: RegressionConfig = field(default_factory=RegressionConfig)
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
     accept_eval_drift: bool = False

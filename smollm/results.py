@@ -74,6 +74,8 @@ class ProposedMixture:
     available and consumed; `max_change`); an edit at approval is checked against the same."""
     reasons: list[str] = field(default_factory=list)
     """The reasons, one line each (the policy's rules or fit, then any constraint that moved a weight)."""
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    """What the policy measured per candidate (`anneal_slope`: gain ± spread, centred slope)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from smollm.config import RunConfig, StageConfig
 from smollm.evaluation.fingerprint import SuiteFingerprint
+from smollm.evaluation.result import category_bpb
 from smollm.rebalance import (
     Constraints,
     Proposal,
@@ -145,13 +146,14 @@ def tracked_evaluate(
     *,
     label: str | None = None,
 ) -> tuple[StepResult, dict[str, float]]:
-    """Evaluate (`label` names its progress bar) and log `eval/<task>/<metric>` and
-    `eval/category/<name>` on `run_id` at `tokens_seen`, and the suite fingerprint (param
+    """Evaluate (`label` names its progress bar) and log `eval/<task>/<metric>`,
+    `eval/category/<name>` and `eval/bpb/<category>` on `run_id` at `tokens_seen`, and the suite fingerprint (param
     `eval.fingerprint`, its digest, and `eval/fingerprint.json`, per task); the evaluation step
     and the metrics."""
     step, result = evaluate(cfg, checkpoint, dict(sources), label=label)
     metrics = {f"{EVAL_PREFIX}{k}": v for k, v in result.metrics.items()}
     metrics.update({f"{EVAL_PREFIX}category/{k}": v for k, v in result.categories.items()})
+    metrics.update({f"{EVAL_PREFIX}bpb/{k}": v for k, v in category_bpb(cfg.eval_suite, result.metrics).items()})
     tracker.log_metrics(run_id, metrics, step=tokens_seen)
     tracker.log_artifact(run_id, step.output / "results.json", "eval")
     tracker.log_params(run_id, {"eval.fingerprint": result.fingerprint["digest"]})
@@ -349,6 +351,7 @@ def record_proposal(
             "explanation": proposal.explanation,
             "accepted_eval_drift": proposal.eval_drift,
             "diff": proposal.diff(),
+            "evidence": proposal.evidence,
         },
         "rebalance/proposal.json",
     )

@@ -151,6 +151,11 @@ def summary_rows(
         if control is not None:
             base = category_scores(metrics[control])
             row.update({f"delta/{c}": v - base[c] for c, v in scores.items() if c in base})
+        bpb = category_scores(metrics[member.name], prefix="eval/bpb/")
+        row.update({f"bpb/{c}": v for c, v in bpb.items()})
+        if control is not None:
+            base_bpb = category_scores(metrics[control], prefix="eval/bpb/")
+            row.update({f"delta_bpb/{c}": v - base_bpb[c] for c, v in bpb.items() if c in base_bpb})
         row.update({f"tokens/{s}": n for s, n in sorted(tokens[member.name].items())})
         rows.append(row)
     return rows
@@ -177,6 +182,7 @@ def member_records(
                 "candidates": candidates,
                 "weights": dict(sorted(mixtures[member.name].items())),
                 "scores": category_scores(metrics[member.name]),
+                "bpb": category_scores(metrics[member.name], prefix="eval/bpb/"),
                 "control": None if member.is_control else controls.get(member.group),
                 "share": settings[member.name].get("share") if candidate and member.kind == "anneal" else None,
                 "seed": int(settings[member.name].get("seed", 0)),
@@ -194,7 +200,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         for column in columns:
             value = row.get(column, "")
             if isinstance(value, float):
-                value = f"{value:+.4f}" if column.startswith("delta/") else f"{value:.4f}"
+                value = f"{value:+.4f}" if column.startswith(("delta/", "delta_bpb/")) else f"{value:.4f}"
             cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

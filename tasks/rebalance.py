@@ -36,4 +36,5 @@ def rebalance_task(
         explanation=explanation,
         constraints=inputs.constraints,
         reasons=list(proposal.explanation),
+        evidence=list(proposal.evidence),
     )

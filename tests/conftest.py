@@ -32,6 +32,8 @@ def tiny_overrides(workdir) -> list[str]:
         "data.sources.synthetic_math.num_docs=4000",
         "data.sources.synthetic_math.heldout_docs=100",
         "data.sources.stdlib_prose.heldout_docs=20",
+        "data.sources.noisy_web.num_docs=400",
+        "data.sources.noisy_web.heldout_docs=20",
         "train.seq_len=64",
         "train.micro_batch_size=8",
         "train.schedule.warmup_steps=5",
@@ -41,7 +43,18 @@ def tiny_overrides(workdir) -> list[str]:
         "pipeline.stages.1.train_tokens=204800",
         "pipeline.stages.2.train_tokens=204800",
         "tracking.experiment=smollm-test",
+        *HAND_RULES,
     ]
+
+
+HAND_RULES = ["rebalance=demo_rules", "pipeline.stages.0.anneal=null", "pipeline.stages.1.anneal=null"]
+"""Most tests run the pipeline's mechanics under the hand-written rules, without the main job's
+annealing sweeps (20 members); the tests of the data-driven loop drop these (`loop_overrides`)."""
+
+
+def loop_overrides(workdir) -> list[str]:
+    """The tiny config with the main job's own loop: annealing sweeps and the default policy."""
+    return [o for o in tiny_overrides(workdir) if o not in HAND_RULES]
 
 
 @pytest.fixture

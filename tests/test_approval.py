@@ -14,8 +14,11 @@ import yaml
 from tests.conftest import tiny_overrides
 
 ASK = ["rebalance.approval.ask=true", "rebalance.approval.timeout_seconds=120"]
-EDIT = {"stdlib_prose": 0.5, "stdlib_code": 0.2, "synthetic_math": 0.3}
-PAST_MAX_CHANGE = {"stdlib_prose": 0.3, "stdlib_code": 0.1, "synthetic_math": 0.6}  # from 0.6/0.3/0.1
+THREE_SOURCES = ["mixture.weights.stdlib_prose=0.6", "mixture.weights.stdlib_code=0.3", "~mixture.weights.noisy_web"]
+"""Stage 1 on prose, code and math only (0.6 / 0.3 / 0.1), for the constraint checks below."""
+# edits of the tiny pipeline's stage-2 proposal, from demo_stage1 (prose .45, code .25, web .2, math .1)
+EDIT = {"stdlib_prose": 0.45, "stdlib_code": 0.2, "noisy_web": 0.07, "synthetic_math": 0.28}
+PAST_MAX_CHANGE = {"stdlib_prose": 0.2, "stdlib_code": 0.45, "noisy_web": 0.25, "synthetic_math": 0.1}
 
 
 def paused_run(seen: set, timeout: float = 300):
@@ -101,7 +104,7 @@ def test_a_person_edits_the_proposal_an_edit_invalid_or_past_a_constraint_is_ref
     _, description = answers["second_form"]
     assert "Your edit was rejected:** `mixture.weights.nope: is not a declared source" in description
     _, description = answers["third_form"]
-    assert "rejected:** `mixture.weights.stdlib_prose: 0.3 is more than max_change 0.2 below 0.6" in description
+    assert "rejected:** `mixture.weights.stdlib_prose: 0.2 is more than max_change 0.2 below 0.45" in description
     assert stage1["approval"] == {"how": "edited", "mixture": stage2["mixture"], "overridden_constraints": []}
     assert stage2["mixture"].startswith(stage1["next_mixture"] + "-edited-")
     assert stage2["summary"]["mixture"] == EDIT  # the next stage trained on the edited mixture
@@ -160,7 +163,12 @@ def test_an_edit_is_validated_like_any_mixture_config():
 # The demo config with declared token counts, so the constraints are built like a stage's
 # (`smollm.runs.rebalance_inputs`) without building sources: synthetic_math's epoch cap is
 # (6 epochs x 40000 - 100000 consumed) / 600000 next-stage tokens = 0.233333.
+# The hand rules on a three-source stage-1 mixture (noisy_web at 0), math at 6 epochs.
 DECLARED = [
+    "rebalance=demo_rules",
+    *THREE_SOURCES,
+    "data.sources.synthetic_math.max_epochs=6",
+    "data.sources.noisy_web.available_tokens=100000000",
     "data.sources.stdlib_prose.available_tokens=100000000",
     "data.sources.stdlib_code.available_tokens=100000000",
     "data.sources.synthetic_math.available_tokens=40000",

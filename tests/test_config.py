@@ -16,7 +16,7 @@ def test_default_config_composes_with_cli_style_overrides(tmp_path):
     assert [s.name for s in cfg.pipeline.stages] == ["stage1", "stage2", "stage3"]
     assert cfg.pipeline.stages[-1].decay_fraction == 1.0
     assert sum(cfg.mixture.weights.values()) == pytest.approx(1.0)
-    assert set(cfg.data.sources) == {"stdlib_prose", "stdlib_code", "synthetic_math"}
+    assert set(cfg.data.sources) == {"stdlib_prose", "stdlib_code", "synthetic_math", "noisy_web"}
 
 
 @pytest.mark.parametrize(

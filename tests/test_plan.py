@@ -136,7 +136,8 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
     before that, 0bb3b77. The eval pin moved again when `smollm.evaluation.source_reading` split
     off `fingerprint.py` and joined the evaluation's closure (its fingerprint unchanged), and the
     training's when the tracking modules split (`tracking_mlflow`, `tracking_link`,
-    `tracking_journal` joined its closure)."""
+    `tracking_journal` joined its closure). All moved when the embedded data grew a fourth source
+    (`noisy_web`: a new tokenizer) and `synthetic_math` shrank to 4000 documents (issue 18)."""
     import smollm.evaluation.fingerprint
     import smollm.stage
     import smollm.steps
@@ -155,11 +156,12 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
     plan = make_plan([f"workdir={tmp_path}"])
     steps = {(s.kind, s.name): s.identity[:16] for s in plan.stages[0].steps}
     assert steps == {
-        ("tokenizer", "bpe_2k"): "39364b4ccb71ee22",
-        ("tokens", "stdlib_code"): "1f05c6d947c41903",
-        ("tokens", "stdlib_prose"): "17ac40f0b4563efb",
-        ("tokens", "synthetic_math"): "f99fe49abaeb0918",
-        ("train", "demo-stage1"): "c6ba5996e43d3a5f",
-        ("eval", "demo-stage1-c6ba5996e43d"): "6569f2f430586d93",
+        ("tokenizer", "bpe_2k"): "36e4db079250325a",
+        ("tokens", "noisy_web"): "4a56ce37aff92dba",
+        ("tokens", "stdlib_code"): "256730b7100c7114",
+        ("tokens", "stdlib_prose"): "c3b99529fc88a39c",
+        ("tokens", "synthetic_math"): "7b9171b83866c168",
+        ("train", "demo-stage1"): "ec98b22f7b612448",
+        ("eval", "demo-stage1-ec98b22f7b61"): "0af63fae1be4f521",
     }
-    assert plan.stages[1].train_identity[:16] == "6db0911269f60c8f"  # on the estimate: stage 1's mixture
+    assert plan.stages[1].train_identity[:16] == "991b2018e3cfe2e0"  # on the estimate: stage 1's mixture

@@ -99,7 +99,7 @@ def test_member_configs_anneal_from_the_base_stage_and_decay_to_zero(overrides):
 
     common = [*overrides, "anneal.train_tokens=51200", "train.schedule.min_lr=1e-4"]
     control, math = member_specs("anneal", common, [["anneal.candidate=synthetic_math", "anneal.share=0.5"]])
-    stage1 = {"stdlib_prose": 0.6, "stdlib_code": 0.3, "synthetic_math": 0.1}
+    stage1 = {"stdlib_prose": 0.45, "stdlib_code": 0.25, "noisy_web": 0.2, "synthetic_math": 0.1}  # demo_stage1
     assert control.cfg.mixture.weights == stage1
     assert math.cfg.mixture.weights == pytest.approx(anneal_weights(stage1, ["synthetic_math"], 0.5))
     for spec in (control, math):

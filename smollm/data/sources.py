@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from smollm.config import SourceConfig
-from smollm.data import synthetic_math
+from smollm.data import noisy_web, synthetic_math
 
 SKIPPED_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
 FETCH_WORKERS = 16  # requests in flight for `content_url` sources (one blob per document)
@@ -291,6 +291,8 @@ def iter_documents(source: SourceConfig) -> Iterator[str]:
         docs = stdlib_prose(source.seed)
     elif source.builtin == "stdlib_code":
         docs = stdlib_code(source.seed)
+    elif source.builtin == "noisy_web":
+        docs = noisy_web.generate_documents(seed=source.seed, num_docs=source.num_docs or 100_000)
     else:
         docs = synthetic_math_docs(source.seed, source.num_docs)
     kept = (doc for doc in docs if len(doc.strip()) >= source.min_chars)

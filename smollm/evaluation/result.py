@@ -61,3 +61,14 @@ def category_means(
             metric = task.primary_metric or (primary or {})[task.name]
             scores.setdefault(task.category, []).append(metrics[f"{task.name}/{metric}"])
     return {category: math.fsum(values) / len(values) for category, values in sorted(scores.items())}
+
+
+def category_bpb(suite: EvalSuite, metrics: Mapping[str, float]) -> dict[str, float]:
+    """Mean bits per byte per category over the suite's aggregated `bpb` tasks (lower is
+    better): the low-noise signal a small annealing run moves measurably."""
+    values: dict[str, list[float]] = {}
+    for task in suite.tasks:
+        key = f"{task.name}/bits_per_byte"
+        if task.aggregate and task.kind == "bpb" and key in metrics:
+            values.setdefault(task.category, []).append(metrics[key])
+    return {category: math.fsum(v) / len(v) for category, v in sorted(values.items())}

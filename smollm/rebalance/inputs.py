@@ -31,11 +31,13 @@ class SweepRun:
     weights: dict[str, float]
     """The mixture it trained on."""
     scores: dict[str, float]
-    """Category scores."""
+    """Category scores (mean accuracy)."""
     control: str | None = None
     """The control member it is compared with (same seed and settings)."""
     share: float | None = None
     seed: int = 0
+    bpb: dict[str, float] = field(default_factory=dict)
+    """Category bits per byte (lower is better); empty where the suite has no bpb task."""
 
     @property
     def is_control(self) -> bool:

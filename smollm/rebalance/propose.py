@@ -17,6 +17,7 @@ from typing import Any
 
 from smollm.config import RebalanceConfig
 from smollm.rebalance.anneal_gain import apply_anneal_gain
+from smollm.rebalance.anneal_slope import apply_anneal_slope, slope_evidence
 from smollm.rebalance.constraints import project, source_bounds
 from smollm.rebalance.drift import check_inputs
 from smollm.rebalance.inputs import RebalanceInputs
@@ -35,6 +36,8 @@ class Proposal:
     explanation: list[str] = field(default_factory=list)
     eval_drift: list[str] = field(default_factory=list)
     """The eval drift `accept_eval_drift` let the policy compare across (also in `explanation`)."""
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    """What the policy measured, one row per candidate (`anneal_slope`: gain, spread, slope)."""
 
     def diff(self) -> list[dict[str, Any]]:
         rows = []
@@ -74,6 +77,7 @@ def propose(config: RebalanceConfig, inputs: RebalanceInputs) -> Proposal:
     comparison across drifted evaluations is refused (`drift.EvalDrift`) unless accepted."""
     accepted = check_inputs(config, inputs)
     current = inputs.mixture
+    evidence: list[dict[str, Any]] = []
 
     def bounds_for(names):
         return source_bounds(sorted(names), current, inputs.constraints)
@@ -85,6 +89,9 @@ def propose(config: RebalanceConfig, inputs: RebalanceInputs) -> Proposal:
         targets, explanation = apply_rules(config, inputs)
     elif config.policy == "anneal_gain":
         targets, explanation = apply_anneal_gain(config, inputs)
+    elif config.policy == "anneal_slope":
+        targets, explanation = apply_anneal_slope(config, inputs)
+        evidence = slope_evidence(config, inputs)
     else:
         targets, explanation = apply_regression(config, inputs, bounds_for)
     wanted = fill(current, targets)
@@ -99,4 +106,5 @@ def propose(config: RebalanceConfig, inputs: RebalanceInputs) -> Proposal:
             if abs(after - bound) > 1e-6:  # not at its own bound: moved to meet the others'
                 why = "within the other sources' bounds"
             explanation.append(f"constraint: {name} {wanted[name]:.4f} -> {after:.4f} ({why})")
-    return Proposal(weights, dict(current), config.policy, [*accepted, *explanation], eval_drift=accepted)
+    reasons = [*accepted, *explanation]
+    return Proposal(weights, dict(current), config.policy, reasons, eval_drift=accepted, evidence=evidence)

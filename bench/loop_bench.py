@@ -1,0 +1,332 @@
+"""The loop benchmark: does the data-driven loop decide as well as a team would? (issue 18)
+
+    make loop-bench                                     # bench/loop_results.md + .png (<= 45 min)
+    .venv/bin/python bench/loop_bench.py --quick --out DIR    # the mechanics on tiny budgets
+
+What it measures is declared in `bench/loop_bench.yaml`, committed before any policy was tuned
+(DESIGN.md §12): the objective (the final checkpoint's held-out bits per byte per category,
+priority-weighted; lower is better), the arms, the seeds and the goal. Every arm trains the
+main run of `pipeline=demo` at its stage budgets; only the mixtures after the first stage
+differ:
+
+- static: the first stage's mixture throughout (no sweeps, no rebalance);
+- uniform: equal weights over the demo's sources, held to the sources' epoch caps;
+- hand_rules: the hand-written thresholds (`rebalance=demo_rules`, no sweeps);
+- loop: the main job as configured (annealing sweeps after each non-final stage + the
+  default data-driven policy);
+- hindsight: the best of a grid of fixed mixtures for the later stages (one seed each), then
+  re-run with every seed.
+
+Stage 1 is one step per seed, shared by every arm through the cache (one work dir). Each run is
+a subprocess (`--one`) running the pipeline flow, reporting to one temporary Prefect server;
+its final evaluation, mixtures and sweep tokens come back as JSON. Runs go two at a time with
+one torch thread each (2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from common import ROOT
+from loop_report import objective, write_report
+
+SPEC = ROOT / "bench" / "loop_bench.yaml"
+QUICK = [  # the mechanics only: the tests' tiny model and sources, a few steps per stage
+    "tokenizer.vocab_size=512",
+    "tokenizer.train_bytes_per_source=300000",
+    "model.vocab_size=512",
+    "model.hidden_size=64",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.num_kv_heads=2",
+    "model.intermediate_size=128",
+    "model.max_seq_len=512",
+    "data.sources.stdlib_code.num_docs=60",
+    "data.sources.stdlib_code.heldout_docs=10",
+    "data.sources.synthetic_math.heldout_docs=100",
+    "data.sources.stdlib_prose.heldout_docs=20",
+    "data.sources.noisy_web.num_docs=400",
+    "data.sources.noisy_web.heldout_docs=20",
+    "train.seq_len=64",
+    "train.micro_batch_size=8",
+    "train.schedule.warmup_steps=5",
+    "train.checkpoint_every_steps=0",
+    "pipeline.stages.0.train_tokens=40960",
+    "pipeline.stages.1.train_tokens=20480",
+    "pipeline.stages.2.train_tokens=12288",
+    "pipeline.stages.0.anneal.train_tokens=2048",
+    "pipeline.stages.1.anneal.train_tokens=2048",
+]
+QUICK_SEEDS = [0]
+QUICK_GRID_POINTS = 2
+
+
+@dataclass
+class Run:
+    """One pipeline run of one arm at one seed, and what it measured."""
+
+    arm: str
+    seed: int
+    overrides: list[str]
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- one run (child)
+
+
+def run_one(overrides: list[str], out: Path) -> None:
+    """Run the pipeline flow on `overrides`; write what the benchmark reads of it to `out`."""
+    from flows.pipeline import pipeline_flow
+    from flows.runtime import embedded_settings
+
+    started = time.perf_counter()
+    with embedded_settings():
+        result = pipeline_flow(overrides=overrides)
+    last = result.stages[-1]
+    stages = []
+    for stage in result.stages:
+        sweeps = stage.sweeps or {}
+        proxy = sum(
+            sum(m.stage_tokens_per_source.values()) for sweep in sweeps.values() for m in sweep.members if m.trained
+        )
+        stages.append(
+            {
+                "stage": stage.stage,
+                "mixture": stage.mixture,
+                "weights": stage_weights(stage),
+                "tokens": stage.tokens_seen,
+                "proxy_tokens": proxy,
+                "proxy_members": sum(len(s.members) for s in sweeps.values()),
+                "evidence": [] if stage.proposal is None else stage.proposal.evidence,
+                "reasons": [] if stage.proposal is None else stage.proposal.reasons,
+            }
+        )
+    payload = {
+        "evals": {k: v for k, v in last.evals.items() if k.startswith("eval/")},
+        "stages": stages,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    out.write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def stage_weights(stage: Any) -> dict[str, float]:
+    """The weights a stage trained on, as its training recorded them."""
+    return dict(stage.summary["mixture"])
+
+
+# ------------------------------------------------------------------------------- the arms
+
+
+def spec() -> dict[str, Any]:
+    return yaml.safe_load(SPEC.read_text())
+
+
+def composed(overrides: list[str]) -> Any:
+    from flows.compose import compose
+
+    return compose(overrides)
+
+
+def later_stages(cfg: Any) -> range:
+    return range(1, len(cfg.pipeline.stages))
+
+
+def no_sweeps(cfg: Any) -> list[str]:
+    return [f"pipeline.stages.{i}.anneal=null" for i in range(len(cfg.pipeline.stages))]
+
+
+def fixed_mixture(cfg: Any, mixture: str) -> list[str]:
+    """Every stage after the first on `mixture`, no sweeps, no rebalance to decide anything."""
+    return [*no_sweeps(cfg), *(f"pipeline.stages.{i}.mixture={mixture}" for i in later_stages(cfg))]
+
+
+def write_mixture(workdir: Path, name: str, weights: dict[str, float], why: str) -> None:
+    """A bench mixture as a Hydra config in the work dir's generated-config folder (on the
+    search path of every composition that uses this work dir)."""
+    from smollm.rebalance import generated_dir
+
+    folder = generated_dir(str(workdir)) / "mixture"
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {"name": name, "weights": {k: round(v, 6) for k, v in sorted(weights.items()) if v > 0}}
+    (folder / f"{name}.yaml").write_text(f"# loop benchmark: {why}\n" + yaml.safe_dump(body, sort_keys=False))
+
+
+def feasible(cfg: Any, weights: dict[str, float]) -> dict[str, float] | None:
+    """`weights` for the later stages held to the epoch caps the way the rebalance holds a
+    proposal (stage 1's consumption counted); None when no mixture near it fits."""
+    from smollm.rebalance import Infeasible
+    from smollm.rebalance.constraints import Bounds, project
+
+    first = cfg.pipeline.stages[0]
+    stage1 = composed_mixture(cfg, first.mixture)
+    later = sum(cfg.pipeline.stages[i].train_tokens for i in later_stages(cfg))
+    bounds = {}
+    for name in cfg.data.sources:
+        source = cfg.data.sources[name]
+        tokens = available_tokens(cfg, name)
+        left = source.max_epochs * tokens - stage1.get(name, 0.0) * first.train_tokens
+        high = min(source.max_weight, max(0.0, left) / later)
+        bounds[name] = Bounds(0.0, high, "", f"epoch cap {source.max_epochs:g}")
+    try:
+        return project(weights, bounds)
+    except Infeasible:
+        return None
+
+
+def composed_mixture(cfg: Any, name: str) -> dict[str, float]:
+    return dict(composed([*BASE_OVERRIDES, f"mixture={name}"]).mixture.weights)
+
+
+def available_tokens(cfg: Any, source: str) -> int:
+    """The source's built token count (complete once stage 1 ran: read, not rebuilt)."""
+    from smollm.stage import build_source, prepare_tokenizer
+
+    step = build_source(cfg, source, prepare_tokenizer(cfg))
+    return int(json.loads((step.output / "manifest.json").read_text())["num_tokens"])
+
+
+def grid(names: list[str], step: float) -> list[dict[str, float]]:
+    """Every mixture of `names` with weights in multiples of `step`."""
+    n = round(1 / step)
+    return [
+        {name: k * step for name, k in zip(names, ks, strict=True)}
+        for ks in itertools.product(range(n + 1), repeat=len(names))
+        if sum(ks) == n
+    ]
+
+
+BASE_OVERRIDES: list[str] = []
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def prefect_api_url() -> str:
+    """The server the runs report to: this process's (one temporary server for all of them)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    assert url, "no Prefect server: run inside flows.runtime.embedded_settings()"
+    return str(url)
+
+
+def launch(runs: list[Run], workdir: Path, logs: Path, parallel: int) -> None:
+    """Run `runs` (`parallel` at a time), each in its own process; fill in their results."""
+    url = prefect_api_url()  # read here: Prefect's settings context does not reach the threads
+
+    def one(run: Run) -> None:
+        out = logs / f"{run.arm}-seed{run.seed}.json"
+        log = logs / f"{run.arm}-seed{run.seed}.log"
+        env = {**os.environ, "SMOLLM_WORKDIR": str(workdir), "PREFECT_API_URL": url}
+        command = [sys.executable, str(Path(__file__)), "--one", str(out), "--", *run.overrides]
+        with log.open("w") as handle:
+            done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{run.arm} seed {run.seed} failed (exit {done.returncode}); see {log}")
+        run.result = json.loads(out.read_text())
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for future in [pool.submit(one, run) for run in runs]:
+            future.result()
+
+
+def benchmark(out: Path, quick: bool, parallel: int) -> dict[str, Any]:
+    declared = spec()
+    seeds = QUICK_SEEDS if quick else list(declared["seeds"])
+    workdir = out / "work"
+    logs = out / "runs"
+    logs.mkdir(parents=True, exist_ok=True)
+    common = [f"pipeline={declared['pipeline']}", "train.num_threads=1", "train.progress=false"]
+    common += QUICK if quick else []
+    BASE_OVERRIDES[:] = common
+    os.environ["SMOLLM_WORKDIR"] = str(workdir)
+    cfg = composed(common)
+    first = cfg.pipeline.stages[0].mixture
+    names = sorted(cfg.data.sources)
+    started = time.perf_counter()
+    runs: dict[str, list[Run]] = {}
+
+    def arm(name: str, extra: list[str], arm_seeds: list[int]) -> list[Run]:
+        return [Run(name, s, [*common, f"train.seed={s}", *extra]) for s in arm_seeds]
+
+    # stage 1 (and the data) once per seed, through the static arm; every other arm reuses it
+    runs["static"] = arm("static", fixed_mixture(cfg, first), seeds)
+    launch(runs["static"][:1], workdir, logs, 1)
+    launch(runs["static"][1:], workdir, logs, parallel)
+    uniform = feasible(cfg, {n: 1 / len(names) for n in names})
+    assert uniform is not None, "uniform: no mixture near equal weights fits the epoch caps"
+    write_mixture(workdir, "bench_uniform", uniform, "equal weights, held to the epoch caps")
+    points = []
+    for index, weights in enumerate(grid(names, declared["arms"]["hindsight"]["grid_step"])):
+        held = feasible(cfg, weights)
+        if held is not None and all(abs(held.get(n, 0.0) - weights[n]) < 1e-6 for n in names):
+            points.append((f"bench_grid_{index}", weights))
+    if quick:
+        points = points[:QUICK_GRID_POINTS]
+    for name, weights in points:
+        write_mixture(workdir, name, weights, "a hindsight grid point")
+    runs["uniform"] = arm("uniform", fixed_mixture(cfg, "bench_uniform"), seeds)
+    runs["hand_rules"] = arm(
+        "hand_rules", [*no_sweeps(cfg), f"rebalance={declared['arms']['hand_rules']['rebalance']}"], seeds
+    )
+    runs["loop"] = arm("loop", [], seeds)
+    grid_runs = [
+        Run(f"grid:{name}", seeds[0], [*common, f"train.seed={seeds[0]}", *fixed_mixture(cfg, name)])
+        for name, _ in points
+    ]
+    launch([*runs["uniform"], *runs["hand_rules"], *runs["loop"], *grid_runs], workdir, logs, parallel)
+    priorities = declared["objective"]["priorities"]
+    best = min(grid_runs, key=lambda r: objective(r.result, priorities))
+    winner = best.arm.split(":", 1)[1]
+    runs["hindsight"] = [best, *arm("hindsight", fixed_mixture(cfg, winner), seeds[1:])]
+    launch(runs["hindsight"][1:], workdir, logs, parallel)
+    return {
+        "declared": declared,
+        "quick": quick,
+        "seeds": seeds,
+        "runs": {a: [vars(r) for r in rs] for a, rs in runs.items()},
+        "grid": [
+            {"mixture": n, "weights": w, "objective": objective(r.result, priorities)}
+            for (n, w), r in zip(points, grid_runs, strict=True)
+        ],
+        "hindsight_winner": {"mixture": winner, "weights": dict(points[[n for n, _ in points].index(winner)][1])},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a tiny model and budgets, 1 seed, 2 grid points")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / ".loop", help="work dir and run logs")
+    parser.add_argument("--results", type=Path, default=None, help="where the table and PNG go (default: bench/)")
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--one", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    if args.one is not None:
+        run_one(args.overrides, args.one)
+        return
+
+    from flows.runtime import embedded_settings
+
+    with embedded_settings():
+        measured = benchmark(args.out, args.quick, args.parallel)
+    folder = args.results or (args.out if args.quick else ROOT / "bench")
+    (args.out / "loop_measured.json").write_text(json.dumps(measured, indent=2, sort_keys=True, default=str))
+    md, png = write_report(measured, folder)
+    print(f"wrote {md} and {png}")
+
+
+if __name__ == "__main__":
+    main()

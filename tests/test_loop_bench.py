@@ -1,0 +1,80 @@
+"""The loop benchmark's mechanics (`bench/loop_bench.py --quick`): every arm runs as a real
+pipeline, the table and the PNG are written, the hindsight grid reuses stage 1 through the
+cache, and the loop arm's proxies are counted. The numbers at this size mean nothing; the
+full table is `make loop-bench`'s."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench(built, tmp_path_factory):
+    cfg, tokenizer, sources = built
+    out = tmp_path_factory.mktemp("loop-bench")
+    work = out / "work"
+    # the session's tokenizer and sources: the quick config builds the same steps (same identities)
+    for step in [tokenizer, *sources.values()]:
+        target = work / step.output.relative_to(Path(cfg.workdir))
+        shutil.copytree(step.output, target)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "loop_bench.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, json.loads((out / "loop_measured.json").read_text())
+
+
+def test_every_arm_ran_and_the_table_and_picture_are_written(bench):
+    out, measured = bench
+    assert set(measured["runs"]) == {"static", "uniform", "hand_rules", "loop", "hindsight"}
+    table = (out / "loop_results.md").read_text()
+    for arm in measured["runs"]:
+        assert f"| {arm} |" in table
+    assert "## Goal" in table and "loop vs static" in table and "loop vs hindsight" in table
+    png = (out / "loop_results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_the_arms_train_the_mixtures_they_declare(bench):
+    _, measured = bench
+    runs = measured["runs"]
+    first = runs["static"][0]["result"]["stages"][0]["weights"]
+    for arm in runs.values():
+        for run in arm:
+            stages = run["result"]["stages"]
+            assert stages[0]["weights"] == first  # stage 1 is the same in every arm
+    static = runs["static"][0]["result"]["stages"]
+    assert all(s["weights"] == first for s in static)
+    uniform = runs["uniform"][0]["result"]["stages"][1]["weights"]
+    assert max(uniform.values()) - min(uniform.values()) < 0.1  # equal, up to the epoch caps
+    winner = measured["hindsight_winner"]["weights"]
+    hindsight = runs["hindsight"][0]["result"]["stages"][1]["weights"]
+    assert hindsight == pytest.approx({k: v for k, v in winner.items() if v > 0})
+    assert len(measured["grid"]) >= 2 and measured["hindsight_winner"]["mixture"] in {
+        g["mixture"] for g in measured["grid"]
+    }
+
+
+def test_only_the_loop_pays_for_proxies_and_reuses_stage_one(bench):
+    out, measured = bench
+    runs = measured["runs"]
+    loop = runs["loop"][0]["result"]["stages"]
+    assert loop[0]["proxy_members"] == 10 and loop[0]["proxy_tokens"] == 10 * 2048
+    assert sum(s["proxy_tokens"] for s in loop) == 20 * 2048
+    for arm in ("static", "uniform", "hand_rules", "hindsight"):
+        assert all(s["proxy_tokens"] == 0 for r in runs[arm] for s in r["result"]["stages"])
+    # one stage-1 training for the seed, however many arms and grid points ran on it
+    stage1 = [p for p in (out / "work" / "train").iterdir() if p.name.startswith("demo-stage1-")]
+    assert len(stage1) == 1
