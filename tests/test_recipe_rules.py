@@ -111,6 +111,9 @@ def test_before_the_anneal_the_best_math_and_code_are_upsampled(paper):
     assert proposal.weights["infiwebmath_3plus"] == pytest.approx(0.09)
     assert "infimm_webmath" not in proposal.weights  # retired for its classifier-filtered subset
     assert proposal.weights["stack_edu"] == pytest.approx(0.24)  # from 0.16
+    # knowledge (57.47% after stage 3, Table 3) is below target: synthetic textbooks come in
+    assert "cosmopedia_v2" not in decision.inputs.mixture and proposal.weights["cosmopedia_v2"] == pytest.approx(0.04)
+    assert proposal.weights["cosmopedia_v2"] == pytest.approx(decision.authors_next["cosmopedia_v2"])
     before, after = shares(decision.cfg, decision.inputs.mixture), shares(decision.cfg, proposal.weights)
     assert after["math"] > before["math"] and after["code"] > before["code"] and after["web"] < before["web"]
 
