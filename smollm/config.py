@@ -546,6 +546,12 @@ class RuleConfig:
     retire_sources: list[str] = field(default_factory=list)
     by: float = 0.05
     """Absolute weight change, shared equally among the raised (lowered, introduced) sources."""
+    phase: Literal["any", "stable", "decay"] = "any"
+    """The next stage's LR phase the rule is for: `decay` fires only before a stage that decays the
+    LR (the anneal: SmolLM2 upsampled math and code there), `stable` only before one that holds it."""
+    if_missing: Literal["error", "skip"] = "error"
+    """When `metric` was not logged: `error`, or `skip` the rule (for a metric the suite may not
+    compute, e.g. `category/code`: lighteval 0.13 ships no HumanEval); the reason says so."""
 
     @property
     def sources(self) -> list[str]:

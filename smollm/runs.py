@@ -292,6 +292,7 @@ def rebalance_inputs(
         fingerprint=fingerprint,
         previous_fingerprint=previous_fingerprint,
         previous_stage=cfg.pipeline.stages[stage_index - 1].name if stage_index > 0 else None,
+        next_decay_fraction=cfg.pipeline.stages[stage_index + 1].decay_fraction,
     )
 
 

@@ -1,5 +1,7 @@
-"""The policies on hand-made inputs: which signal moves which source, bounded moves, constraints,
-noise, explanations, and the written YAML."""
+"""The policies on hand-made inputs: which signal moves which source (before which LR phase),
+bounded moves, constraints, noise, explanations, and the written YAML."""
+
+import dataclasses
 
 import pytest
 import yaml
@@ -16,6 +18,7 @@ from smollm.rebalance import (
     violations,
     write_mixture,
 )
+from smollm.schema import ConfigError, from_dict
 
 CURRENT = {"prose": 0.6, "code": 0.3, "math": 0.1}
 PLENTY = 10**9
@@ -33,7 +36,9 @@ def limits(**kw):
     return sources
 
 
-def inputs(metrics=None, previous=None, runs=(), max_change=0.2, next_tokens=1000, mixture=CURRENT, **kw):
+def inputs(
+    metrics=None, previous=None, runs=(), max_change=0.2, next_tokens=1000, mixture=CURRENT, next_decay=None, **kw
+):
     return RebalanceInputs(
         stage="s1",
         next_stage="s2",
@@ -42,6 +47,7 @@ def inputs(metrics=None, previous=None, runs=(), max_change=0.2, next_tokens=100
         mixture=dict(mixture),
         constraints=Constraints(limits(**kw), max_change, next_tokens),
         sweep_runs=list(runs),
+        next_decay_fraction=next_decay,
     )
 
 
@@ -109,6 +115,50 @@ def test_epoch_cap_limits_a_source_given_tokens_left():
 def test_missing_metric_names_the_rule():
     with pytest.raises(ValueError, match=r"rebalance.rules.math_low.metric: 'category/math' was not logged"):
         propose(rules(), inputs({"category/code": 0.3}))
+
+
+def test_a_rule_for_one_lr_phase_fires_only_before_a_stage_in_that_phase():
+    anneal = RuleConfig(
+        name="anneal_math", metric="category/math", below=0.5, phase="decay", raise_sources=["math"], by=0.1
+    )
+    config = RebalanceConfig(rules=[anneal])
+    p = propose(config, inputs({"category/math": 0.3}, next_decay=0.0))
+    assert p.weights == pytest.approx(CURRENT)
+    assert p.explanation == ["rule anneal_math: s2 holds the LR, the rule is for decay stages; no change"]
+    p = propose(config, inputs({"category/math": 0.3}, next_decay=1.0))
+    assert p.weights["math"] == pytest.approx(0.2)
+    stable = RebalanceConfig(rules=[dataclasses.replace(anneal, name="stable_math", phase="stable")])
+    assert propose(stable, inputs({"category/math": 0.3}, next_decay=0.0)).weights["math"] == pytest.approx(0.2)
+    p = propose(stable, inputs({"category/math": 0.3}, next_decay=0.2))  # any decay is an anneal
+    assert p.explanation == ["rule stable_math: s2 decays the LR, the rule is for stable stages; no change"]
+    with pytest.raises(ValueError, match=r"^rebalance.rules.anneal_math.phase: 'decay' needs the next stage's"):
+        propose(config, inputs({"category/math": 0.3}))  # inputs recorded without the next stage's decay
+    anyway = RebalanceConfig(rules=[dataclasses.replace(anneal, phase="any")])
+    assert propose(anyway, inputs({"category/math": 0.3})).weights["math"] == pytest.approx(0.2)
+
+
+def test_a_rule_may_skip_a_metric_that_was_not_logged():
+    code = RuleConfig(name="code_low", metric="category/code", below=0.5, if_missing="skip", raise_sources=["code"])
+    p = propose(rules(code), inputs({"category/math": 0.3}))
+    assert p.weights["math"] == pytest.approx(0.2) and p.weights["code"] < CURRENT["code"]  # math_low still fires
+    assert p.explanation[1] == "rule code_low: category/code was not logged (if_missing: skip); no change"
+    strict = dataclasses.replace(code, if_missing="error")
+    with pytest.raises(ValueError, match=r"rebalance.rules.code_low.metric: 'category/code' was not logged"):
+        propose(rules(strict), inputs({"category/math": 0.3}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("phase", "warmup", "rebalance.rules[0].phase: 'warmup' is not one of ['any', 'stable', 'decay']"),
+        ("if_missing", "ignore", "rebalance.rules[0].if_missing: 'ignore' is not one of ['error', 'skip']"),
+    ],
+)
+def test_a_bad_rule_field_names_the_field_and_the_value(field, value, message):
+    rule = {"name": "r", "metric": "category/math", "below": 0.5, "raise_sources": ["math"], field: value}
+    with pytest.raises(ConfigError) as err:
+        from_dict(RebalanceConfig, {"rules": [rule]}, "rebalance")
+    assert str(err.value) == message
 
 
 def test_infeasible_constraints_say_which():
@@ -206,5 +256,9 @@ def test_same_decision_keeps_the_original_file_and_provenance(tmp_path):
 
 
 def test_inputs_round_trip_through_json():
-    data = inputs({"category/math": 0.3}, previous={"category/math": 0.2}, runs=anneal_runs({"math": [0.1]}))
+    data = inputs(
+        {"category/math": 0.3}, previous={"category/math": 0.2}, runs=anneal_runs({"math": [0.1]}), next_decay=1.0
+    )
     assert RebalanceInputs.from_dict(yaml.safe_load(yaml.safe_dump(data.to_dict()))) == data
+    recorded_before = {k: v for k, v in data.to_dict().items() if k != "next_decay_fraction"}
+    assert RebalanceInputs.from_dict(recorded_before).next_decay_fraction is None

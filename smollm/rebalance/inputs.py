@@ -68,6 +68,9 @@ class RebalanceInputs:
     """The previous stage's, for the eval-drift guard (`drift.py`)."""
     previous_stage: str | None = None
     """The previous stage's name (what `previous_metrics` are of)."""
+    next_decay_fraction: float | None = None
+    """The fraction of the next stage over which the LR decays (its `decay_fraction`; > 0: an
+    anneal), for rules on the LR phase; None where not recorded."""
 
     @property
     def scores(self) -> dict[str, float]:
@@ -88,6 +91,7 @@ class RebalanceInputs:
             "fingerprint": None if self.fingerprint is None else self.fingerprint.to_dict(),
             "previous_fingerprint": None if self.previous_fingerprint is None else self.previous_fingerprint.to_dict(),
             "previous_stage": self.previous_stage,
+            "next_decay_fraction": self.next_decay_fraction,
         }
 
     @classmethod
@@ -103,6 +107,7 @@ class RebalanceInputs:
             fingerprint=_fingerprint(data.get("fingerprint")),
             previous_fingerprint=_fingerprint(data.get("previous_fingerprint")),
             previous_stage=data.get("previous_stage"),
+            next_decay_fraction=data.get("next_decay_fraction"),
         )
 
 
