@@ -109,14 +109,20 @@ def test_the_decision_is_the_policy_on_the_gains_mlflow_recorded(loop):
 
 
 def test_the_next_stage_trains_on_the_move(loop):
+    moves = []
     for before, after in zip(loop.stages[:-1], loop.stages[1:], strict=True):
         proposal = before.proposal
         assert proposal is not None and after.mixture == proposal.name
         trained = after.summary["mixture"]
         assert trained == pytest.approx({k: v for k, v in proposal.weights.items() if v > 0}, abs=1e-6)
-        assert trained != pytest.approx(before.summary["mixture"], abs=1e-3)  # the loop moved something
-        moved = [row for row in proposal.evidence if row["significant"]]
-        assert moved, "no gain cleared the noise: the decision was not data-driven"
+        # a gain that cleared the noise moved the mixture; none did: it stayed
+        cleared = any(row["significant"] for row in proposal.evidence)
+        moved = set(trained) != set(before.summary["mixture"]) or any(
+            abs(trained[k] - before.summary["mixture"][k]) > 1e-3 for k in trained
+        )
+        assert moved == cleared, (proposal.evidence, before.summary["mixture"], trained)
+        moves.append(moved)
+    assert moves[0], "after stage 1 (the most to learn) no gain cleared the noise: nothing was data-driven"
 
 
 def test_the_report_shows_each_decision_with_its_evidence(loop):
