@@ -89,14 +89,15 @@ def stage_flow(
 @contextlib.contextmanager
 def sweep_workers(node: StageNode) -> Iterator[None]:
     """The run's warm workers (`flows/workers.py`), started now when the stage will train before
-    its sweeps: their imports overlap its training (a trained stage's sweeps start them when
-    they have members to run)."""
+    its sweeps and the training leaves them idle cores: their imports overlap it (otherwise the
+    first sweep with members to run starts them)."""
     with warm_workers():
         if not is_complete(node.steps.train.output_dir(workdir(node.cfg))):
             for kind in KINDS:
                 if getattr(node.stage, kind) is not None:
                     control = kind == "anneal" or node.cfg.ablate.control is not None
-                    prewarm(node.cfg, len(with_controls(kind, declared_members(node.stage, kind), control=control)))
+                    members = len(with_controls(kind, declared_members(node.stage, kind), control=control))
+                    prewarm(node.cfg, members, beside_training=True)
         yield
 
 

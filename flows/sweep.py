@@ -118,7 +118,7 @@ def run_sweep(
         built: list[str] = []
         if kind == "anneal" and start is None:
             if base_pending(lineage):
-                prewarm(cfg, len(specs))  # the workers warm up while the base trains
+                prewarm(cfg, len(specs), beside_training=True)
             start, built = train_base(lineage, tracker, run_id)
         base_step = None if start is None else start.checkpoint.step()
         data = build_data(replace(specs[0].cfg, mixture=_union_mixture(specs)))  # once, for every member

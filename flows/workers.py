@@ -9,7 +9,10 @@ the libraries imported, the tracker open) and kept for every sweep of the run:
         stage_flow(...)              # nested flows find it and reuse it; it closes with the scope
 
 A stage flow that will train and declares local sweeps starts the workers before it trains
-(`prewarm`), so their imports overlap its training and its first member starts in a warm one.
+(`prewarm`) when the training leaves them idle cores (a GPU's, or `train.num_threads` below the
+machine's): their imports overlap it and its first members start in warm ones. Otherwise they
+start with the first sweep that has members to run, whose first members wait for them (once per
+run); imports beside a loop that holds every core would slow it by more than that.
 Members stay Prefect tasks (`member_task`: retries, logs, task runs under their sweep's flow
 run); at most `sweep.max_concurrency` run at once, one per worker, each timed from its start to
 its result (`MemberResult.wall_seconds`). `bench/sweep_members.py` measures the difference with
@@ -35,7 +38,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from smollm.config import RunConfig, SweepConfig
-from smollm.preload import warm_up
+from smollm.preload import idle_cores, warm_up
 from smollm.results import MemberJob, MemberResult
 from tasks.common import run_logger
 from tasks.sweep import member_task
@@ -148,12 +151,16 @@ def warm_workers(pool: WarmPool | None = None) -> Iterator[WarmPool]:
         pool.close()
 
 
-def prewarm(cfg: RunConfig, members: int) -> None:
-    """Start the warm workers for `members` members of `cfg` now, if they would run on them."""
+def prewarm(cfg: RunConfig, members: int, *, beside_training: bool = False) -> None:
+    """Start the warm workers for `members` members of `cfg` now, if they would run on them;
+    `beside_training`: only if the training that runs meanwhile leaves them idle cores."""
     sweep, pool = cfg.sweep, _POOL.get()
     workers = min(sweep.max_concurrency, members)
-    if pool is not None and sweep.launcher == "local" and workers > 1:
-        pool.start(cfg, workers, member_threads(sweep, workers))
+    if pool is None or sweep.launcher != "local" or workers <= 1:
+        return
+    if beside_training and idle_cores(cfg) < workers:
+        return  # they would slow the training by more than they save: they start with the sweep
+    pool.start(cfg, workers, member_threads(sweep, workers))
 
 
 def pool_launch(jobs: dict[str, MemberJob], sweep: SweepConfig) -> dict[str, MemberResult]:

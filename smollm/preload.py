@@ -57,6 +57,20 @@ class ProcessRecord:
 RECORD = ProcessRecord()
 
 
+def idle_cores(cfg: RunConfig) -> int:
+    """Cores a stage's training leaves idle (what warming alongside it may use without slowing
+    it): on a GPU all but one per training process; on the CPU those past its torch threads
+    (`train.num_threads`; 0 is torch's default, every core). CPU-bound imports beside a torch
+    loop that holds every core slow it by more than their own CPU time (its threads spin at
+    each barrier while one is descheduled)."""
+    import torch
+
+    cores, processes = os.cpu_count() or 1, cfg.train.processes
+    if torch.cuda.is_available():
+        return max(0, cores - processes)
+    return max(0, cores - cfg.train.num_threads * processes) if cfg.train.num_threads else 0
+
+
 def warm_up(cfg: RunConfig) -> dict[str, float]:
     """Import what a member of `cfg` runs and open its tracker (`make_tracker`, cached per
     process); sets torch's threads to `train.num_threads` when given. Seconds per part."""
