@@ -101,7 +101,7 @@ class WarmPool:
 
     def start(self, cfg: RunConfig, workers: int, threads: int) -> WarmTaskRunner:
         """The pool, warming for members of `cfg`; a smaller one, or one warmed for a suite with
-        the other hub setting (`_offline_env` is read at import), is replaced."""
+        the other hub setting (HF libraries read their offline switch once, at import), is replaced."""
         hub = cfg.eval_suite.needs_hub()
         if self.runner is not None and (self.workers < workers or self.hub != hub):
             self.close()
