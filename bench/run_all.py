@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["data_path", "tokenization", "training", "evaluation", "orchestration", "mfu"]
+BENCHMARKS = ["data_path", "tokenization", "training", "evaluation", "orchestration", "sweep_members", "mfu"]
 
 
 def machine() -> str:

@@ -1,4 +1,4 @@
-"""Where a sweep's members run: a local process pool, a Hydra launcher (Slurm), a Prefect work pool.
+"""Where a sweep's members run: local warm workers, a Hydra launcher (Slurm), a Prefect work pool.
 
     smollm anneal -m hydra/launcher=submitit_slurm hydra.launcher.partition=gpu \
         hydra.launcher.gpus_per_node=1 hydra.launcher.timeout_min=240 anneal.candidate=a,b
@@ -7,9 +7,10 @@
 
 Every launcher gets the same encoding of a member, a `smollm.results.MemberJob` (its typed
 config, the built data and base checkpoint on the shared work dir, its MLflow run): the local
-pool as an object, the others as its JSON form for `smollm.runs.run_member_job`. The sweep flow
-keeps what members share (the base, the data, the runs, the summary). The remote paths need the
-work dir and the MLflow store shared, at the same absolute path everywhere.
+workers (`flows/workers.py`: processes warmed once and kept for the run) as an object, the
+others as its JSON form for `smollm.runs.run_member_job`. The sweep flow keeps what members
+share (the base, the data, the runs, the summary). The remote paths need the work dir and the
+MLflow store shared, at the same absolute path everywhere.
 
 `sweep.launcher=hydra` (the CLI sets it when the overrides pick `hydra/launcher=<not basic>`):
 Hydra's plugin registry instantiates the launcher the overrides select, as `hydra --multirun`
@@ -25,24 +26,20 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
-import multiprocessing
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.task_runners import ProcessPoolTaskRunner
 
 from flows.compose import LAUNCHER_GROUP, hydra_launch
+from flows.workers import pool_launch, run_here, with_threads
 from smollm.config import SweepConfig
 from smollm.results import MemberJob, MemberResult
 from smollm.runs import member_result_path
 from smollm.schema import ConfigError
-from tasks.sweep import member_task
 
 
 def _value(overrides: list[str], key: str) -> str | None:
@@ -63,17 +60,11 @@ def with_launcher(overrides: list[str]) -> list[str]:
     return overrides
 
 
-def with_threads(job: MemberJob, threads: int, *, progress: bool = True) -> MemberJob:
-    """The job with its torch thread count (bookkeeping: no step identity changes)."""
-    train = replace(job.cfg.train, num_threads=threads, progress=job.cfg.train.progress and progress)
-    return replace(job, cfg=replace(job.cfg, train=train))
-
-
 def launch_members(
     sweep: SweepConfig, jobs: dict[str, MemberJob], overrides: list[str], pending: set[str]
 ) -> dict[str, MemberResult]:
     """Run `jobs`: those in `pending` on `sweep.launcher`, the complete ones here (re-recorded)."""
-    done = {name: member_task(job) for name, job in jobs.items() if name not in pending}
+    done = {name: run_here(job) for name, job in jobs.items() if name not in pending}
     todo = {name: jobs[name] for name in jobs if name in pending}
     if sweep.threads_per_member:
         todo = {name: with_threads(job, sweep.threads_per_member) for name, job in todo.items()}
@@ -92,27 +83,6 @@ def launch_members(
         assert sweep.deployment is not None  # SweepConfig checks it
         return {**done, **deployment_launch(sweep.deployment, todo)}
     raise ValueError(f"sweep.launcher: no launcher {sweep.launcher!r}")
-
-
-def platform_start_method() -> None:
-    """Initialiser of the pool's processes. Prefect starts them with `spawn`, which they inherit
-    as their own default; restore the platform's (fork on Linux) so that pools inside a member
-    (lighteval's stderr bootstrap) fork instead of re-importing everything (~30 s per evaluation)."""
-    multiprocessing.set_start_method(None, force=True)
-
-
-def pool_launch(jobs: dict[str, MemberJob], sweep: SweepConfig) -> dict[str, MemberResult]:
-    """At most `sweep.max_concurrency` members at once in Prefect's process pool, cores shared."""
-    workers = min(sweep.max_concurrency, len(jobs))
-    if workers <= 1:
-        return {name: member_task(job) for name, job in jobs.items()}
-    threads = sweep.threads_per_member or max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolTaskRunner(max_workers=workers, initializer=platform_start_method) as runner:
-        futures = {
-            name: runner.submit(member_task, {"job": with_threads(job, threads, progress=False)})
-            for name, job in jobs.items()
-        }
-        return {name: future.result() for name, future in futures.items()}
 
 
 def deployment_launch(deployment: str, jobs: dict[str, MemberJob]) -> dict[str, MemberResult]:

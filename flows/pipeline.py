@@ -22,6 +22,7 @@ from flows.approval import approve_next
 from flows.compose import compose_lineage
 from flows.plan import preflight
 from flows.stage import stage_flow
+from flows.workers import warm_workers
 from smollm.lineage import Lineage, StageNode
 from smollm.results import PipelineResult, StageResult
 from smollm.runs import tracked_run
@@ -44,7 +45,10 @@ def pipeline_flow(overrides: list[str] | None = None, through: str | None = None
     stages: list[StageResult] = []
     stopped = None
     name = f"pipeline/{top.pipeline.name}"
-    with tracked_run(tracker, top, name, "pipeline", parent_run_id=None, flow_run_id=flow_run.id) as run_id:
+    with (
+        warm_workers(),  # kept for every sweep of the run, closed when it ends
+        tracked_run(tracker, top, name, "pipeline", parent_run_id=None, flow_run_id=flow_run.id) as run_id,
+    ):
         for index in range(last + 1):
             node = next_node(lineage, index, stages, tracker)
             if node is None:

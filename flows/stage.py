@@ -9,6 +9,8 @@ parent stage's training and the previous stage's result). Run the first stage on
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow
@@ -16,12 +18,13 @@ from prefect.runtime import flow_run
 
 from flows.compose import compose_lineage
 from flows.sweep import declared_members, sweep_flow
+from flows.workers import prewarm, warm_workers
 from smollm.lineage import StageNode
 from smollm.results import Checkpoint, ProposedMixture, StageResult, StartPoint, SweepResult, TrainedStage
 from smollm.runs import decision_metrics, log_sweep_results, rebalance_inputs, rebalance_sources, tracked_run
-from smollm.stage import TrainOutcome, stable_tokens
-from smollm.steps import StepResult
-from smollm.sweep import category_scores
+from smollm.stage import TrainOutcome, stable_tokens, workdir
+from smollm.steps import StepResult, is_complete
+from smollm.sweep import KINDS, category_scores, with_controls
 from smollm.tracking import Tracker, make_tracker
 from tasks.common import run_logger
 from tasks.data import build_data, build_sources, computed, sources_of
@@ -48,7 +51,10 @@ def stage_flow(
     cfg = node.cfg
     tracker = make_tracker(cfg.tracking, Path(cfg.workdir))
     name, kind = f"stage/{node.name}", "stage"
-    with tracked_run(tracker, cfg, name, kind, parent_run_id=pipeline_run_id, flow_run_id=flow_run.id) as run_id:
+    with (
+        sweep_workers(node),
+        tracked_run(tracker, cfg, name, kind, parent_run_id=pipeline_run_id, flow_run_id=flow_run.id) as run_id,
+    ):
         data = build_data(cfg)
         init = start_checkpoint(node, origin, trained, tracker, run_id)
         outcome, prefixes = train_through(node, data, init, tracker, run_id)
@@ -56,8 +62,7 @@ def stage_flow(
         evaluation, evals = evaluate(node, outcome.step, data, tracker, run_id, tokens)
         ran = [*data.values(), *prefixes.values(), outcome.step, evaluation]
         check_walk(node, ran)
-        stable_at = stable_tokens(cfg, node.stage)
-        stable = prefixes[stable_at] if stable_at in prefixes else outcome.step
+        stable = prefixes.get(stable_tokens(cfg, node.stage), outcome.step)  # where its annealing runs branch
         sweeps = run_declared_sweeps(node, stable, tracker, run_id)
         proposal = propose_next(node, outcome, data, evals, sweeps, previous, tracker, run_id, pipeline_run_id)
     return StageResult(
@@ -79,6 +84,21 @@ def stage_flow(
         steps=[step.identity for step in ran],
         eval_fingerprint=node.eval_fingerprint,
     )
+
+
+@contextlib.contextmanager
+def sweep_workers(node: StageNode) -> Iterator[None]:
+    """The run's warm workers (`flows/workers.py`), started now when the stage will train before
+    its sweeps and the training leaves them idle cores: their imports overlap it (otherwise the
+    first sweep with members to run starts them)."""
+    with warm_workers():
+        if not is_complete(node.steps.train.output_dir(workdir(node.cfg))):
+            for kind in KINDS:
+                if getattr(node.stage, kind) is not None:
+                    control = kind == "anneal" or node.cfg.ablate.control is not None
+                    members = len(with_controls(kind, declared_members(node.stage, kind), control=control))
+                    prewarm(node.cfg, members, beside_training=True)
+        yield
 
 
 def train_through(

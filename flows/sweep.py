@@ -27,6 +27,7 @@ from prefect.runtime import flow_run
 
 from flows.compose import CONF_DIR, compose, compose_lineage, generated_dir
 from flows.launchers import launch_members, with_launcher
+from flows.workers import prewarm, warm_workers
 from smollm.config import MixtureConfig, RunConfig, StageConfig
 from smollm.lineage import Lineage
 from smollm.results import Checkpoint, MemberJob, MemberResult, StartPoint, SweepResult, TrainedStage
@@ -96,7 +97,8 @@ def sweep_flow(
         members = typed_member_overrides(kind, candidates, shares or [], seeds or [])
     lineage = compose_lineage(common)
     specs = member_specs(kind, common, members, start, lineage)
-    return run_sweep(kind, common, lineage, specs, start, parent_run_id)
+    with warm_workers():  # the run's warm workers (this sweep's own when it runs on its own)
+        return run_sweep(kind, common, lineage, specs, start, parent_run_id)
 
 
 def run_sweep(
@@ -115,10 +117,13 @@ def run_sweep(
     with tracked_run(tracker, cfg, name, "sweep", parent_run_id=parent_run_id, flow_run_id=flow_run.id) as run_id:
         built: list[str] = []
         if kind == "anneal" and start is None:
+            if base_pending(lineage):
+                prewarm(cfg, len(specs), beside_training=True)
             start, built = train_base(lineage, tracker, run_id)
         base_step = None if start is None else start.checkpoint.step()
         data = build_data(replace(specs[0].cfg, mixture=_union_mixture(specs)))  # once, for every member
         specs = [with_identities(s, data, base_step) for s in specs]
+        prewarm(cfg, sum(not s.complete for s in specs))
         sid = sweep_id(kind, [s.train_identity + s.eval_identity for s in specs])
         tracker.set_tags(run_id, {"smollm.sweep_id": sid, "smollm.sweep_kind": kind})
         run_logger().info(f"{title}: {len(specs)} members, {sum(not s.complete for s in specs)} to run")
@@ -179,6 +184,13 @@ def base_point(lineage: Lineage) -> tuple[int, str]:
     index = base_index(lineage.top)
     lineage.require_mixtures(index, "anneal.base")
     return index, lineage.nodes[index].mixture.name
+
+
+def base_pending(lineage: Lineage) -> bool:
+    """Whether the annealing base (the end of its stage) has yet to be trained."""
+    index, _ = base_point(lineage)
+    node = lineage.nodes[index]
+    return lineage.top.anneal.base_at_tokens is None and not is_complete(node.steps.train.output_dir(workdir(node.cfg)))
 
 
 def train_base(lineage: Lineage, tracker: Tracker, run_id: str) -> tuple[StartPoint, list[str]]:

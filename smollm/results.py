@@ -7,7 +7,7 @@ between processes, what a test or a Prefect UI user reads), `from_dict()` reads 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +94,20 @@ class MemberResult:
     evals: dict[str, float]
     stage_tokens_per_source: dict[str, int]
     seconds: float
+    """The member's time in the process that ran it (training, evaluation, their records)."""
+    wall_seconds: float | None = None
+    """Its time as the sweep saw it, from its start (on a free worker, or here) to its result;
+    None from a remote launcher."""
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemberResult:
-        missing = [f.name for f in fields(cls) if f.name not in data]
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING]
         if missing:
             raise ValueError(f"member.{missing[0]}: is missing from a member's result, got keys {sorted(data)}")
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass(frozen=True, kw_only=True)

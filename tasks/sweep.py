@@ -1,8 +1,10 @@
 """Tasks of a sweep: one member (an annealing run or a data ablation), and the sweep's summary.
 
-A member may run in a process of Prefect's process pool: everything it needs arrives in its
-`MemberJob` (its thread count included, so concurrent members share the cores), and it opens
-its own tracker in that process.
+A member may run in a process of Prefect's process pool (`flows/workers.py`): everything it
+needs arrives in its `MemberJob` (its thread count included, so concurrent members share the
+cores), and it opens its own tracker in that process (a warm worker has opened it already). Its
+MLflow run records the process: `smollm.worker.pid`, `smollm.worker.warmed` (its libraries were
+imported before its first member) and `smollm.worker.members_before`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from smollm import preload
 from smollm.results import MemberJob, MemberResult
 from smollm.runs import tracked_member
 from smollm.steps import atomic_write_text
@@ -27,6 +30,9 @@ from tasks.common import TASK_OPTIONS, artifact_key
 @task(name="sweep-member", task_run_name="member-{job.name}", **TASK_OPTIONS)
 def member_task(job: MemberJob) -> MemberResult:
     tracker = make_tracker(job.cfg.tracking, Path(job.cfg.workdir))
+    # `preload.RECORD`, not a name bound here: Prefect's pool pickles this function by value
+    tracker.set_tags(job.run_id, preload.RECORD.tags())
+    preload.RECORD.members += 1
     return tracked_member(job, tracker, flow_run_id=flow_run.id)
 
 
