@@ -115,12 +115,14 @@ def test_the_next_stage_trains_on_the_move(loop):
         assert proposal is not None and after.mixture == proposal.name
         trained = after.summary["mixture"]
         assert trained == pytest.approx({k: v for k, v in proposal.weights.items() if v > 0}, abs=1e-6)
-        # a gain that cleared the noise moved the mixture; none did: it stayed
-        cleared = any(row["significant"] for row in proposal.evidence)
+        # nothing moves without a gain that cleared the noise (a cleared gain may still not move:
+        # lowering a source already at 0, raising one at its cap)
+        acted = any(r.startswith("anneal_slope:") and (": raise " in r or ": lower " in r) for r in proposal.reasons)
+        assert not acted or any(row["significant"] for row in proposal.evidence)
         moved = set(trained) != set(before.summary["mixture"]) or any(
             abs(trained[k] - before.summary["mixture"][k]) > 1e-3 for k in trained
         )
-        assert moved == cleared, (proposal.evidence, before.summary["mixture"], trained)
+        assert acted or not moved, (proposal.reasons, before.summary["mixture"], trained)
         moves.append(moved)
     assert moves[0], "after stage 1 (the most to learn) no gain cleared the noise: nothing was data-driven"
 

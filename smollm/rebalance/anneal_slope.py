@@ -138,7 +138,10 @@ def apply_anneal_slope(config: RebalanceConfig, inputs: RebalanceInputs) -> tupl
         for name in present if move else []:  # the others share the rest in proportion
             targets[name] = max(0.0, current[name] + move / len(present))
         noise = "noise unknown" if s.noise is None else f"noise {sigmas:g} sd = {sigmas * s.noise:.4f}"
-        action = f"{'raise' if move > 0 else 'lower'} {', '.join(present)} by {abs(move):.4f}" if move else "no change"
+        if move and present:
+            action = f"{'raise' if move > 0 else 'lower'} {', '.join(present)} by {abs(move):.4f}"
+        else:
+            action = "not in the mixture; no change" if move else "no change"
         explanation.append(
             f"anneal_slope: {s.label} (share {s.share:g}) gains {s.gain.text()} ({unit} objective); slope "
             f"{s.slope:+.4f}, centred {s.centred:+.4f} ({noise}): {action}"
