@@ -95,7 +95,7 @@ def test_the_stages_evaluations_decisions_and_final_table_are_shown(console):
             rf"{stage} evaluated at {10240 * (index + 1)} tokens: code [\d.]+, knowledge [\d.]+, math", text
         )
     for stage in STAGES[:2]:
-        decision = re.search(rf"rebalance after {stage} proposes (\S+?): stdlib_code [\d.]+ -> [\d.]+, .*\n", text)
+        decision = re.search(rf"rebalance after {stage} proposes (\S+?): noisy_web [\d.]+ -> [\d.]+, .*\n", text)
         assert decision, f"no decision after {stage}"
         assert f"stage {STAGES.index(stage) + 2}/3: {STAGES[STAGES.index(stage) + 1]} on mixture {decision[1]}" in text
         reasons = text[decision.end() :].splitlines()[:3]
