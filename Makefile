@@ -54,7 +54,7 @@ bench: install
 	$(PY) bench/run_all.py
 
 # The loop's decisions against static, uniform, hand-written and hindsight mixtures, 3 seeds each
-# (bench/loop_bench.yaml) -> bench/loop_results.md + .png; about 45 minutes on 2 cores.
+# (bench/loop_bench.yaml) -> bench/loop_results.md + .png; about 75 minutes on 2 cores (25 grid points).
 loop-bench: install
 	$(PY) bench/loop_bench.py
 

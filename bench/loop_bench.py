@@ -1,6 +1,6 @@
 """The loop benchmark: does the data-driven loop decide as well as a team would? (issue 18)
 
-    make loop-bench                                     # bench/loop_results.md + .png (<= 45 min)
+    make loop-bench                                     # bench/loop_results.md + .png (~75 min on 2 cores)
     .venv/bin/python bench/loop_bench.py --quick --out DIR    # the mechanics on tiny budgets
 
 What it measures is declared in `bench/loop_bench.yaml`, committed before any policy was tuned
