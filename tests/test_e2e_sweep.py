@@ -83,7 +83,7 @@ def test_the_candidate_gets_its_share_and_tokens_per_source_are_recorded(sweeps,
     first = sweeps[0]
     client, runs = mlflow
     by_id = {r.info.run_id: r for r in runs}
-    stage1 = {"stdlib_prose": 0.6, "stdlib_code": 0.3, "synthetic_math": 0.1}
+    stage1 = {"stdlib_prose": 0.45, "stdlib_code": 0.25, "noisy_web": 0.2, "synthetic_math": 0.1}  # demo_stage1
     for member in first["members"]:
         tokens = member["stage_tokens_per_source"]
         total = sum(tokens.values())
@@ -99,9 +99,9 @@ def test_the_candidate_gets_its_share_and_tokens_per_source_are_recorded(sweeps,
 
 def test_data_was_built_once(sweeps, workdir):
     first, second, _, _ = sweeps
-    assert sorted(first["data_built"]) == ["stdlib_code", "stdlib_prose", "synthetic_math", "tokenizer"]
+    assert sorted(first["data_built"]) == ["noisy_web", "stdlib_code", "stdlib_prose", "synthetic_math", "tokenizer"]
     assert second["data_built"] == []
-    assert len(list((workdir / "tokens").glob("*/_COMPLETE.json"))) == 3
+    assert len(list((workdir / "tokens").glob("*/_COMPLETE.json"))) == 4
 
 
 def test_one_mlflow_parent_run_with_a_child_per_member(sweeps, mlflow):
@@ -277,8 +277,9 @@ def test_a_data_ablation_sweep_trains_each_candidate_and_seed_from_scratch(sweep
         assert (summary["start_step"], summary["start_tokens"], summary["end_step"]) == (0, 0, 50)
         assert not summary["optimizer_state_loaded"] and summary["final_lr"] == 0.0
     assert members["ablate-control-seed0"]["summary"]["mixture"] == {
-        "stdlib_prose": 0.6,
-        "stdlib_code": 0.3,
+        "stdlib_prose": 0.45,
+        "stdlib_code": 0.25,
+        "noisy_web": 0.2,
         "synthetic_math": 0.1,
     }
     assert members["ablate-demo_code_heavy-seed1"]["summary"]["mixture"]["stdlib_code"] == 0.5
