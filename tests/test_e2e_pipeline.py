@@ -131,7 +131,13 @@ def test_rerun_redoes_nothing_and_is_fast(runs, mlflow_runs):
     _, all_runs = mlflow_runs
     assert all(stage["trained"] for stage in first["stages"])
     # data is built once: by stage 1 of the first run, never again
-    assert set(first["stages"][0]["data_built"]) == {"tokenizer", "stdlib_prose", "stdlib_code", "synthetic_math"}
+    assert set(first["stages"][0]["data_built"]) == {
+        "tokenizer",
+        "stdlib_prose",
+        "stdlib_code",
+        "synthetic_math",
+        "noisy_web",
+    }
     assert [s["data_built"] for s in first["stages"][1:]] == [[], []]
     stage_runs = {r.info.run_id: r for r in all_runs}
     for second in reruns:
