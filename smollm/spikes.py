@@ -4,7 +4,10 @@ A step is skipped when its loss or gradient norm is not finite, or (once `min_hi
 were accepted) when either is more than `threshold` standard deviations above the mean of the
 last `window` accepted steps. Only accepted steps enter the window, so a spike does not raise the
 bar for the next one. `rewind_after` skips in a row mean the data, not one bad batch, is the
-problem: the trainer rewinds to its last checkpoint and skips that data window.
+problem: the trainer rewinds to its last checkpoint and skips that data window. When it cannot
+(no checkpoint, or `max_rewinds` spent), the level itself has moved (a gradient norm that grows
+as training leaves warm-up does): the guard starts a new baseline instead of skipping every step
+that follows, and the stage goes on training.
 
     >>> guard = SpikeGuard(SpikeConfig(min_history=2))
     >>> [guard.verdict(x, 1.0) for x in (2.0, 2.1, 2.0)], guard.verdict(float("nan"), 1.0)
@@ -53,6 +56,12 @@ class SpikeGuard:
     def _skip(self, reason: str) -> str:
         self.in_a_row += 1
         return reason
+
+    def new_baseline(self) -> None:
+        """Forget the window: the next `min_history` finite steps are accepted and become the bar."""
+        for values in self.history.values():
+            values.clear()
+        self.in_a_row = 0
 
     @property
     def should_rewind(self) -> bool:

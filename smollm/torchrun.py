@@ -10,11 +10,18 @@ r, r + N, r + 2N, ... of each step and DDP (or FSDP2) averages the gradients, so
 one-process step up to float reduction order. Only rank 0 writes checkpoints, the summary and
 the loss record, and logs to MLflow; the others wait at a barrier where it writes. It sits above
 the trainer (`smollm.train`) and the primitives (`smollm.distributed`), which never import it.
+
+torchrun starts each process in a session of its own, so a launcher killed outright (SIGKILL, the
+OOM killer) would leave its processes training on, writing into the same resume points as the
+run that replaces it. Each process therefore asks the kernel to kill it when its launcher dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,8 +48,24 @@ def stage_run(data: dict[str, Any]) -> StageRun:
     )
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_launcher() -> None:
+    """SIGKILL this process when its parent (the torchrun agent) dies (Linux; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != launcher:  # it died before the request took effect
+        os._exit(1)
+
+
 def main() -> None:
     """One torchrun process: train the job's stage (rank 0 logs to the job's MLflow run)."""
+    die_with_launcher()
     job = json.loads(Path(sys.argv[1]).read_text())
     world = World.current()
     world.init()

@@ -202,8 +202,9 @@ class Trainer:
         spikes = self.run.train.spikes
         if point is None or self.rewinds >= spikes.max_rewinds:
             why = "no checkpoint to rewind to" if point is None else f"max_rewinds={spikes.max_rewinds} reached"
+            why += ": the level moved, a new baseline"
             self.events.append({"step": self.step, "tokens": self.tokens_seen, "rewind": None, "reason": why})
-            self.guard.in_a_row = 0
+            self.guard.new_baseline()
             return
         sampler, at_step, at_tokens = self.sampler.state_dict(), self.step, self.tokens_seen
         drawn = self.sampler.tokens_per_source()

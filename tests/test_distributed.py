@@ -52,6 +52,20 @@ def _losses(folder: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (folder / "losses.jsonl").read_text().splitlines()]
 
 
+def _children(pid: int) -> list[int]:
+    """The pids of a process's children (Linux /proc)."""
+    tasks = Path(f"/proc/{pid}/task").glob("*/children")
+    return sorted(int(child) for task in tasks for child in task.read_text().split())
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed and not yet reaped, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _writes(audit: Path) -> dict[str, list[str]]:
     """Paths written per rank ('0', '1', ...; 'launcher' is the torchrun agent)."""
     out: dict[str, list[str]] = {}
@@ -117,13 +131,14 @@ def test_a_killed_two_process_run_resumes_to_the_same_trajectory(built, tmp_path
     from smollm.train import train_stage
 
     steps, every = 48, 4  # 40 steps between the first point we wait for and the end: room to kill
-    full = tmp_path / "full"
+    train = _train_config(built, 2, checkpoint_every_steps=every)
+    full = tmp_path / "full"  # the same run, with the same resume points (a spike rewinds to them), never killed
     full.mkdir()
-    train_stage(stage_run(built, steps, train=_train_config(built, 2)), full)
+    train_stage(stage_run(built, steps, train=train, resume_dir=tmp_path / "full-resume"), full)
 
     output, resume = tmp_path / "out", tmp_path / "resume"
     output.mkdir()
-    run = stage_run(built, steps, train=_train_config(built, 2, checkpoint_every_steps=every), resume_dir=resume)
+    run = stage_run(built, steps, train=train, resume_dir=resume)
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(job(run, output, None, tmp_path, None)))
     process = subprocess.Popen(
@@ -137,8 +152,15 @@ def test_a_killed_two_process_run_resumes_to_the_same_trajectory(built, tmp_path
         )
         assert time.monotonic() < deadline, "no resume point in time"
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers
+    workers = _children(process.pid)
+    assert len(workers) == 2, workers
+    os.killpg(process.pid, signal.SIGKILL)  # torchrun only: it starts each worker in a session of its own
     process.wait()
+    # the workers die with their launcher, or they would train on into the resume points below
+    gone_by = time.monotonic() + 5
+    while [pid for pid in workers if _alive(pid)]:
+        assert time.monotonic() < gone_by, f"workers {workers} outlived their killed launcher"
+        time.sleep(0.05)
     assert not (output / "summary.json").exists()
 
     subprocess.run(torchrun_command(2, job_file), check=True, capture_output=True)

@@ -37,6 +37,18 @@ def test_the_guard_skips_non_finite_and_spiking_steps_and_keeps_them_out_of_its_
     assert restored.state_dict() == guard.state_dict()
 
 
+def test_a_new_baseline_accepts_a_moved_level_once_the_guard_cannot_rewind():
+    guard = SpikeGuard(SpikeConfig(window=8, min_history=4, threshold=6.0, rewind_after=3))
+    for norm in (1.0, 1.1, 0.9, 1.0, 1.05):
+        assert guard.verdict(5.0, norm) is None
+    moved = [guard.verdict(5.0, 2.5) for _ in range(3)]  # the gradient norm's level moved up
+    assert all(v is not None and v.startswith("grad_norm spike 2.5") for v in moved) and guard.should_rewind
+    guard.new_baseline()  # what the trainer does when no rewind is left
+    assert not guard.should_rewind
+    assert [guard.verdict(5.0, n) for n in (2.5, 2.6, 2.4, 2.5, 2.55)] == [None] * 5  # the new level trains
+    assert guard.verdict(5.0, 40.0).startswith("grad_norm spike 40")  # and spikes above it are still caught
+
+
 def test_a_disabled_guard_still_skips_non_finite_steps():
     guard = SpikeGuard(SpikeConfig(enabled=False, min_history=2))
     for loss in (5.0, 5.0, 5.1, 500.0):
@@ -103,3 +115,30 @@ def test_injected_nan_batches_and_spikes_never_reach_the_weights_and_a_persisten
     client = tracker.client
     assert [m.value for m in client.get_metric_history(run_id, "train/rewinds")][-1] == 1
     assert max(m.value for m in client.get_metric_history(run_id, "train/skipped_steps")) == 6
+
+
+@pytest.mark.slow
+def test_a_level_shift_past_the_last_rewind_becomes_the_new_baseline_and_the_stage_trains_on(built, tmp_path):
+    from smollm.train import Trainer
+
+    cfg = built[0]
+    steps = 60
+    spikes = dataclasses.replace(cfg.train.spikes, max_rewinds=0)
+    train = dataclasses.replace(cfg.train, checkpoint_every_steps=10, spikes=spikes)
+    trainer = Trainer(stage_run(built, steps, train=train, resume_dir=tmp_path / "resume"))
+    drawn = {"n": 0}
+
+    def shift(module, inputs, output):  # from batch 41 on, every loss sits on a higher level
+        if module.training:
+            drawn["n"] += 1
+            if drawn["n"] > 40:
+                output.logits = output.logits * 4.0
+        return output
+
+    trainer.model.register_forward_hook(shift)
+    summary = trainer.run_to_end(tmp_path / "out")
+    skipped = [e["step"] for e in summary["events"] if "skipped" in e]
+    assert skipped == [41, 42, 43]  # only until the guard saw it could not rewind
+    (gave_up,) = [e for e in summary["events"] if "reason" in e]
+    assert gave_up["step"] == 43 and gave_up["reason"] == "max_rewinds=0 reached: the level moved, a new baseline"
+    assert summary["skipped_steps"] == 3 and summary["end_step"] == steps
