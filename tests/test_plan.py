@@ -137,7 +137,7 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
     off `fingerprint.py` and joined the evaluation's closure (its fingerprint unchanged), and the
     training's when the tracking modules split (`tracking_mlflow`, `tracking_link`,
     `tracking_journal` joined its closure). All moved when the embedded data grew a fourth source
-    (`noisy_web`: a new tokenizer) and `synthetic_math` shrank to 4000 documents (issue 18)."""
+    (`noisy_web`: a new tokenizer) and `synthetic_math` shrank to 4000, then 3000 documents, for its epoch cap to bind in the demo (issue 18)."""
     import smollm.evaluation.fingerprint
     import smollm.stage
     import smollm.steps
@@ -156,12 +156,12 @@ def test_the_demo_step_identities_are_pinned(tmp_path, monkeypatch):
     plan = make_plan([f"workdir={tmp_path}"])
     steps = {(s.kind, s.name): s.identity[:16] for s in plan.stages[0].steps}
     assert steps == {
-        ("tokenizer", "bpe_2k"): "36e4db079250325a",
-        ("tokens", "noisy_web"): "4a56ce37aff92dba",
-        ("tokens", "stdlib_code"): "256730b7100c7114",
-        ("tokens", "stdlib_prose"): "c3b99529fc88a39c",
-        ("tokens", "synthetic_math"): "7b9171b83866c168",
-        ("train", "demo-stage1"): "ec98b22f7b612448",
-        ("eval", "demo-stage1-ec98b22f7b61"): "0af63fae1be4f521",
+        ("tokenizer", "bpe_2k"): "605098cb49e1c5a6",
+        ("tokens", "noisy_web"): "c4b2eb95e3c762b5",
+        ("tokens", "stdlib_code"): "12dbffa5db34dbf7",
+        ("tokens", "stdlib_prose"): "1c3f20ec5f7a783f",
+        ("tokens", "synthetic_math"): "1782c775385f6567",
+        ("train", "demo-stage1"): "872d9d84c9e313cd",
+        ("eval", "demo-stage1-872d9d84c9e3"): "d511ffc8959905af",
     }
-    assert plan.stages[1].train_identity[:16] == "991b2018e3cfe2e0"  # on the estimate: stage 1's mixture
+    assert plan.stages[1].train_identity[:16] == "918186dd04a9abf6"  # on the estimate: stage 1's mixture
