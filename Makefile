@@ -39,8 +39,9 @@ format: install
 test-deps:
 	scripts/install-test-deps.sh
 
+# --durations: the slowest tests in every log, against the 30-minute budget of the whole suite
 test: install lint test-deps
-	$(PY) -m pytest -m "not gpu" -q
+	$(PY) -m pytest -m "not gpu" -q --durations=30
 
 # Prefect server + MLflow server + the deployments' executor, on loopback, in the background.
 serve: install
