@@ -305,6 +305,50 @@ def benchmark(out: Path, quick: bool, parallel: int) -> dict[str, Any]:
     }
 
 
+def measured_from(out: Path, quick: bool) -> dict[str, Any]:
+    """What an interrupted benchmark measured, from the runs in `out/runs` that finished: the
+    arms' runs and the grid points done. Without the winner's re-runs, the best point so far
+    stands for hindsight, at its one seed."""
+    declared = spec()
+    priorities = declared["objective"]["priorities"]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((out / "runs").glob("*-seed*.json")):
+        arm, seed = path.stem.rsplit("-seed", 1)
+        record = {"arm": arm, "seed": int(seed), "overrides": [], "result": json.loads(path.read_text())}
+        runs.setdefault(arm, []).append(record)
+    folder = out / "work" / "generated_conf" / "mixture"
+    grid, grid_runs = [], {}
+    for arm in [a for a in runs if a.startswith("grid:")]:
+        name, (run,) = arm.split(":", 1)[1], runs.pop(arm)
+        weights = yaml.safe_load((folder / f"{name}.yaml").read_text())["weights"]
+        grid.append({"mixture": name, "weights": weights, "objective": objective(run["result"], priorities)})
+        grid_runs[name] = run
+    seeds = QUICK_SEEDS if quick else list(declared["seeds"])
+    best = min(grid, key=lambda g: g["objective"]) if grid else None
+    notes = [f"{len(grid)} of {len(list(folder.glob('bench_grid_*.yaml')))} grid points ran"]
+    notes += [
+        f"{arm}: {len(runs.get(arm, []))} of {len(seeds)} seeds"
+        for arm in ("static", "uniform", "hand_rules", "loop")
+        if len(runs.get(arm, [])) < len(seeds)
+    ]
+    if best is not None and "hindsight" not in runs:
+        runs["hindsight"] = [grid_runs[best["mixture"]]]
+        notes.append("the grid's winner was not re-run at every seed: hindsight is the best point so far, one seed")
+    elif best is not None:
+        runs["hindsight"] = [grid_runs[best["mixture"]], *runs["hindsight"]]
+    files = sorted((out / "runs").glob("*"), key=lambda p: p.stat().st_mtime)
+    return {
+        "declared": declared,
+        "quick": quick,
+        "seeds": seeds,
+        "runs": runs,
+        "grid": grid,
+        "hindsight_winner": {"mixture": best["mixture"], "weights": best["weights"]} if best else {},
+        "seconds": round(files[-1].stat().st_mtime - files[0].stat().st_mtime, 1) if files else 0.0,
+        "interrupted": "; ".join(notes),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny model and budgets, 1 seed, 2 grid points")
@@ -312,6 +356,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None, help="where the table and PNG go (default: bench/)")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--one", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--report-only", action="store_true", help="the report of the runs in --out that finished")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.one is not None:
@@ -320,8 +365,11 @@ def main() -> None:
 
     from flows.runtime import embedded_settings
 
-    with embedded_settings():
-        measured = benchmark(args.out, args.quick, args.parallel)
+    if args.report_only:
+        measured = measured_from(args.out, args.quick)
+    else:
+        with embedded_settings():
+            measured = benchmark(args.out, args.quick, args.parallel)
     folder = args.results or (args.out if args.quick else ROOT / "bench")
     (args.out / "loop_measured.json").write_text(json.dumps(measured, indent=2, sort_keys=True, default=str))
     md, png = write_report(measured, folder)

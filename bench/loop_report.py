@@ -58,6 +58,8 @@ def arm_rows(measured: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def goal_lines(rows: dict[str, dict[str, Any]], goal: dict[str, float]) -> list[str]:
     """The declared goal, checked: a gap counts only beyond `k` x the larger seed std of the two."""
+    if "loop" not in rows:
+        return ["- **not measured**: no run of the loop finished"]
     loop = rows["loop"]
     lines = []
     for other in ("static", "uniform"):
@@ -69,6 +71,9 @@ def goal_lines(rows: dict[str, dict[str, Any]], goal: dict[str, float]) -> list[
             f"- loop vs {other}: objective {gap:+.4f} lower (std {std:.4f}; needs > {need:g} std = "
             f"{need * std:.4f}): **{'met' if met else 'not met'}**"
         )
+    if "hindsight" not in rows:
+        lines.append("- loop vs hindsight: **not measured** (the grid did not finish)")
+        return [*lines, proxy_line(loop, goal)]
     hind = rows["hindsight"]
     gap = loop["mean"] - hind["mean"]
     std = max(loop["std"], hind["std"])
@@ -77,18 +82,19 @@ def goal_lines(rows: dict[str, dict[str, Any]], goal: dict[str, float]) -> list[
         f"- loop vs hindsight: {gap:+.4f} (std {std:.4f}; needs <= {need:g} std = {need * std:.4f}): "
         f"**{'met' if gap <= need * std else 'not met'}**"
     )
+    return [*lines, proxy_line(loop, goal)]
+
+
+def proxy_line(loop: dict[str, Any], goal: dict[str, float]) -> str:
     frac = loop["proxy_fraction"]
     cap = goal["max_proxy_token_fraction"]
-    lines.append(
-        f"- annealing proxies: {frac:.1%} of the main run's tokens (cap {cap:.0%}): **{'met' if frac <= cap else 'not met'}**"
-    )
-    return lines
+    return f"- annealing proxies: {frac:.1%} of the main run's tokens (cap {cap:.0%}): **{'met' if frac <= cap else 'not met'}**"
 
 
 def loop_trajectory(measured: dict[str, Any]) -> list[dict[str, Any]]:
     """The loop's stages: per seed the weights it trained on and the evidence it decided from."""
     out = []
-    for run in measured["runs"]["loop"]:
+    for run in measured["runs"].get("loop", []):
         for stage in run["result"]["stages"]:
             out.append({"seed": run["seed"], **stage})
     return out
@@ -104,6 +110,7 @@ def markdown(measured: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
         f"per category, priorities {declared['objective']['priorities']}, {declared['objective']['direction']}. "
         f"Seeds {measured['seeds']}. Wall time {measured['seconds'] / 60:.1f} min.",
         "",
+        *([f"**Interrupted**: {measured['interrupted']}", ""] if measured.get("interrupted") else []),
         "| arm | objective (mean ± std) | seeds | "
         + " | ".join(f"bpb {c}" for c in categories)
         + " | "
@@ -118,12 +125,12 @@ def markdown(measured: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
         cells += [f"{row['proxy_fraction']:.1%}", f"{row['seconds']:.0f} s"]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += ["", "## Goal", "", *goal_lines(rows, declared["goal"]), ""]
-    winner = measured["hindsight_winner"]
+    winner = measured["hindsight_winner"] or {"mixture": None, "weights": {}}
     lines += [
         "## Hindsight grid",
         "",
         f"{len(measured['grid'])} fixed mixtures for the later stages (seed {measured['seeds'][0]}); "
-        f"winner `{winner['mixture']}` {winner['weights']}.",
+        f"{'winner' if 'hindsight' in rows else 'best so far'} `{winner['mixture']}` {winner['weights']}.",
         "",
         "| mixture | weights | objective |",
         "|---|---|---:|",
