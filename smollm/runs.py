@@ -287,7 +287,12 @@ def rebalance_inputs(
         metrics=metrics,
         previous_metrics=previous_metrics,
         mixture=dict(cfg.mixture.weights),
-        constraints=Constraints(limits, cfg.rebalance.max_change, cfg.pipeline.stages[stage_index + 1].train_tokens),
+        constraints=Constraints(
+            limits,
+            cfg.rebalance.max_change,
+            cfg.pipeline.stages[stage_index + 1].train_tokens,
+            tuple(stage.train_tokens for stage in cfg.pipeline.stages[stage_index + 2 :]),
+        ),
         sweep_runs=[SweepRun.from_dict(r) for r in sweep_runs],
         fingerprint=fingerprint,
         previous_fingerprint=previous_fingerprint,

@@ -162,7 +162,8 @@ def test_an_edit_is_validated_like_any_mixture_config():
 
 # The demo config with declared token counts, so the constraints are built like a stage's
 # (`smollm.runs.rebalance_inputs`) without building sources: synthetic_math's epoch cap is
-# (6 epochs x 40000 - 100000 consumed) / 600000 next-stage tokens = 0.233333.
+# the weight w with 600000 w + 400000 (w - 0.2) = 6 epochs x 40000 - 100000 consumed: w = 0.22
+# (stage 2 takes w, stage 3 can come down to w - max_change 0.2 and must fit in what is left).
 # The hand rules on a three-source stage-1 mixture (noisy_web at 0), math at 6 epochs.
 DECLARED = [
     "rebalance=demo_rules",
@@ -206,7 +207,7 @@ def test_an_edit_is_held_to_the_constraints_the_proposal_was_held_to():
 
     _, proposed = proposed_mixture()
     assert proposed.previous == {"stdlib_prose": 0.6, "stdlib_code": 0.3, "synthetic_math": 0.1}
-    assert proposed.weights["synthetic_math"] == pytest.approx(0.233333)  # the rule's +0.15, capped
+    assert proposed.weights["synthetic_math"] == pytest.approx(0.22)  # the rule's +0.15, capped
     assert check_constraints(proposed, WITHIN, override=False) == ()
     _, loose = proposed_mixture(["rebalance.max_change=1"])
     cases = [
@@ -218,7 +219,8 @@ def test_an_edit_is_held_to_the_constraints_the_proposal_was_held_to():
         (
             proposed,
             PAST_EPOCH_CAP,
-            "synthetic_math: 0.3 exceeds the epoch cap 0.233333 (6 epochs of 40000 tokens, 100000 consumed, over 600000 tokens)",
+            "synthetic_math: 0.3 exceeds the epoch cap 0.22 (6 epochs of 40000 tokens, 100000 consumed, over 600000 tokens"
+            " and 400000 later ones that come down by at most max_change 0.2 a stage)",
         ),
         (
             proposed,
@@ -242,7 +244,8 @@ def test_an_edit_is_held_to_the_constraints_the_proposal_was_held_to():
         assert "\n" not in str(err.value) and str(err.value).endswith("(tick override_constraints to accept it anyway)")
     overridden = check_constraints(proposed, PAST_EPOCH_CAP, override=True)
     assert overridden == (
-        "mixture.weights.synthetic_math: 0.3 exceeds the epoch cap 0.233333 (6 epochs of 40000 tokens, 100000 consumed, over 600000 tokens)",
+        "mixture.weights.synthetic_math: 0.3 exceeds the epoch cap 0.22 (6 epochs of 40000 tokens, 100000 consumed, over"
+        " 600000 tokens and 400000 later ones that come down by at most max_change 0.2 a stage)",
     )
 
 
@@ -309,8 +312,8 @@ def test_an_edit_past_a_constraint_is_refused_naming_it_and_accepted_with_overri
     answers = [{"weights": rows(PAST_EPOCH_CAP)}, {"weights": rows(PAST_EPOCH_CAP), "override_constraints": True}]
     forms, mixture, stage, tracker, run_id = approve_in_a_flow(tmp_path, answers)
     broken = (
-        "mixture.weights.synthetic_math: 0.3 exceeds the epoch cap 0.233333 "
-        "(6 epochs of 40000 tokens, 100000 consumed, over 600000 tokens)"
+        "mixture.weights.synthetic_math: 0.3 exceeds the epoch cap 0.22 (6 epochs of 40000 tokens, 100000 consumed, over"
+        " 600000 tokens and 400000 later ones that come down by at most max_change 0.2 a stage)"
     )
     assert len(forms) == 2 and "Your edit was rejected" not in forms[0]
     assert f"Your edit was rejected:** `{broken} (tick override_constraints" in forms[1]  # asked again

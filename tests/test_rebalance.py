@@ -37,7 +37,15 @@ def limits(**kw):
 
 
 def inputs(
-    metrics=None, previous=None, runs=(), max_change=0.2, next_tokens=1000, mixture=CURRENT, next_decay=None, **kw
+    metrics=None,
+    previous=None,
+    runs=(),
+    max_change=0.2,
+    next_tokens=1000,
+    mixture=CURRENT,
+    next_decay=None,
+    later=(),
+    **kw,
 ):
     return RebalanceInputs(
         stage="s1",
@@ -45,7 +53,7 @@ def inputs(
         metrics=dict(metrics or {}),
         previous_metrics=previous,
         mixture=dict(mixture),
-        constraints=Constraints(limits(**kw), max_change, next_tokens),
+        constraints=Constraints(limits(**kw), max_change, next_tokens, later),
         sweep_runs=list(runs),
         next_decay_fraction=next_decay,
     )
@@ -110,6 +118,24 @@ def test_epoch_cap_limits_a_source_given_tokens_left():
     p = propose(rules(max_change=1.0), inputs({"category/math": 0.0}, max_change=1.0, math=capped))
     assert p.weights["math"] == pytest.approx(0.1, abs=1e-6)
     assert any("epoch cap" in line for line in p.explanation)
+
+
+def test_the_epoch_cap_leaves_the_later_stages_room_to_come_down_by_max_change():
+    # math: 4 epochs of 1000 tokens, 3600 consumed -> 400 left. Alone, the next 1000-token stage
+    # could take 0.4; with one more 1000-token stage after it, whose weight can drop by at most
+    # max_change 0.3, it takes w + (w - 0.3) <= 0.4 -> w <= 0.35, and that stage still fits.
+    capped = {"available_tokens": 1000, "consumed_tokens": 3600}
+    config = RebalanceConfig(
+        rules=[RuleConfig(name="r", metric="m", below=1, raise_sources=["math"], by=0.5)], max_change=0.3
+    )
+    alone = propose(config, inputs({"m": 0}, max_change=0.3, math=capped))
+    assert alone.weights["math"] == pytest.approx(0.4, abs=1e-6)  # max_change (and the cap) bind
+    ahead = propose(config, inputs({"m": 0}, max_change=0.3, later=(1000,), math=capped))
+    assert ahead.weights["math"] == pytest.approx(0.35, abs=1e-6)
+    (line,) = [r for r in ahead.explanation if r.startswith("constraint: math")]
+    assert "1000 later ones that come down by at most max_change 0.3 a stage" in line
+    left = 400 - 1000 * ahead.weights["math"]  # the stage after: down by 0.3 fits what is left
+    assert (ahead.weights["math"] - 0.3) * 1000 <= left + 1e-6
 
 
 def test_missing_metric_names_the_rule():

@@ -2,7 +2,9 @@
 
 Per source: its min/max weight, at most `max_change` away from its current weight, and the epoch
 cap (what is left of `max_epochs * available_tokens` after the tokens already consumed, over the
-next stage's budget). Together with "the weights sum to 1" they form a box on the simplex; a
+next stage's budget, leaving the stages after it what they take at the least: a weight comes
+down by at most `max_change` a stage, so a source the next stage takes much of keeps drawing
+on it). Together with "the weights sum to 1" they form a box on the simplex; a
 policy's targets are projected onto it (the closest point, Euclidean), and an empty box is an
 `Infeasible` error that names the constraints that conflict. `violations` lists what a given
 mixture breaks: the check of every proposal in the tests, and of an edit made at approval
@@ -38,23 +40,55 @@ class Constraints:
     sources: dict[str, SourceLimits]
     max_change: float
     next_stage_tokens: int
+    later_stage_tokens: tuple[int, ...] = ()
+    """The budgets of the stages after the next one, in order."""
+
+    def least_use(self, name: str, weight: float) -> float:
+        """The fewest tokens of `name` the remaining stages take if the next one takes `weight`:
+        the later stages come down by `max_change` a stage, to no less than its `min_weight`."""
+        low, change = self.sources[name].min_weight, self.max_change
+        later = sum(max(low, weight - k * change, 0.0) * t for k, t in enumerate(self.later_stage_tokens, 1))
+        return weight * self.next_stage_tokens + later
 
     def epoch_cap(self, name: str) -> float:
+        """The largest weight of `name` for the next stage that leaves every later stage a
+        weight within the source's epoch cap (0 when it is spent)."""
         limits = self.sources[name]
         left = limits.max_epochs * limits.available_tokens - limits.consumed_tokens
-        return max(0.0, left / self.next_stage_tokens)
+        if self.least_use(name, 0.0) >= left:
+            return 0.0
+        if self.least_use(name, 1.0) <= left:
+            return 1.0
+        lo, hi = 0.0, 1.0  # least_use increases with the weight: bisect for least_use == left
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self.least_use(name, mid) <= left else (lo, mid)
+        return lo
+
+    def cap_text(self, name: str) -> str:
+        """Where the cap comes from, for a reason or a violation."""
+        limits = self.sources[name]
+        text = f"{limits.max_epochs:g} epochs of {limits.available_tokens} tokens, {limits.consumed_tokens} consumed"
+        text += f", over {self.next_stage_tokens} tokens"
+        cap = self.epoch_cap(name)
+        if self.later_stage_tokens and self.least_use(name, cap) > cap * self.next_stage_tokens + 1e-9:
+            later = sum(self.later_stage_tokens)
+            text += f" and {later} later ones that come down by at most max_change {self.max_change:g} a stage"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "max_change": self.max_change,
             "next_stage_tokens": self.next_stage_tokens,
+            "later_stage_tokens": list(self.later_stage_tokens),
             "sources": {n: vars(s) for n, s in sorted(self.sources.items())},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Constraints:
         sources = {n: SourceLimits(**s) for n, s in data["sources"].items()}
-        return cls(sources, float(data["max_change"]), int(data["next_stage_tokens"]))
+        later = tuple(int(t) for t in data.get("later_stage_tokens", ()))
+        return cls(sources, float(data["max_change"]), int(data["next_stage_tokens"]), later)
 
 
 @dataclass(frozen=True)
@@ -75,8 +109,7 @@ def source_bounds(names: list[str], current: Mapping[str, float], constraints: C
         highs = {
             f"max_weight={limits.max_weight:g}": limits.max_weight,
             f"max_change: {before:.4f}+{constraints.max_change:g}": before + constraints.max_change,
-            f"epoch cap: {limits.max_epochs:g} epochs of {limits.available_tokens} tokens, "
-            f"{limits.consumed_tokens} consumed": constraints.epoch_cap(name),
+            f"epoch cap: {constraints.cap_text(name)}": constraints.epoch_cap(name),
         }
         lows = {
             f"min_weight={limits.min_weight:g}": limits.min_weight,
@@ -200,7 +233,6 @@ def _source_violations(name: str, w: float, before: float, constraints: Constrai
         side = "above" if w > before else "below"
         found.append(Violation(name, "max_change", f"{w:g} is more than max_change {change:g} {side} {before:g}"))
     if w > cap + TOLERANCE:
-        epochs = f"{limits.max_epochs:g} epochs of {limits.available_tokens} tokens, {limits.consumed_tokens} consumed"
-        detail = f"{w:g} exceeds the epoch cap {cap:.6g} ({epochs}, over {constraints.next_stage_tokens} tokens)"
+        detail = f"{w:g} exceeds the epoch cap {cap:.6g} ({constraints.cap_text(name)})"
         found.append(Violation(name, "epoch_cap", detail))
     return found
