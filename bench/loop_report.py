@@ -56,8 +56,17 @@ def arm_rows(measured: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def goal_lines(rows: dict[str, dict[str, Any]], goal: dict[str, float]) -> list[str]:
-    """The declared goal, checked: a gap counts only beyond `k` x the larger seed std of the two."""
+def verdict(met: bool, *rows: dict[str, Any], seeds: int) -> str:
+    """`met` / `not met`, or `not decided` while an arm compared ran fewer seeds than declared."""
+    short = [len(r["values"]) for r in rows if len(r["values"]) < seeds]
+    if short:
+        return f"not decided ({min(short)} of {seeds} seeds)"
+    return "met" if met else "not met"
+
+
+def goal_lines(rows: dict[str, dict[str, Any]], goal: dict[str, float], seeds: int) -> list[str]:
+    """The declared goal, checked: a gap counts only beyond `k` x the larger seed std of the two,
+    and only on every declared seed."""
     if "loop" not in rows:
         return ["- **not measured**: no run of the loop finished"]
     loop = rows["loop"]
@@ -69,7 +78,7 @@ def goal_lines(rows: dict[str, dict[str, Any]], goal: dict[str, float]) -> list[
         met = gap > need * std
         lines.append(
             f"- loop vs {other}: objective {gap:+.4f} lower (std {std:.4f}; needs > {need:g} std = "
-            f"{need * std:.4f}): **{'met' if met else 'not met'}**"
+            f"{need * std:.4f}): **{verdict(met, loop, rows[other], seeds=seeds)}**"
         )
     if "hindsight" not in rows:
         lines.append("- loop vs hindsight: **not measured** (the grid did not finish)")
@@ -80,7 +89,7 @@ def goal_lines(rows: dict[str, dict[str, Any]], goal: dict[str, float]) -> list[
     need = goal["within_hindsight_stds"]
     lines.append(
         f"- loop vs hindsight: {gap:+.4f} (std {std:.4f}; needs <= {need:g} std = {need * std:.4f}): "
-        f"**{'met' if gap <= need * std else 'not met'}**"
+        f"**{verdict(gap <= need * std, loop, hind, seeds=seeds)}**"
     )
     return [*lines, proxy_line(loop, goal)]
 
@@ -124,7 +133,7 @@ def markdown(measured: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
         cells += [f"{row['accuracy'][c]:.3f}" for c in categories]
         cells += [f"{row['proxy_fraction']:.1%}", f"{row['seconds']:.0f} s"]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    lines += ["", "## Goal", "", *goal_lines(rows, declared["goal"]), ""]
+    lines += ["", "## Goal", "", *goal_lines(rows, declared["goal"], len(measured["seeds"])), ""]
     winner = measured["hindsight_winner"] or {"mixture": None, "weights": {}}
     lines += [
         "## Hindsight grid",
