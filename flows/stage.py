@@ -144,6 +144,9 @@ def run_declared_sweeps(
         common = [*node.overrides, f"anneal.base={node.name}"]
         if declared.train_tokens is not None:
             common.append(f"{kind}.train_tokens={declared.train_tokens}")
+        kinds = node.cfg.rebalance.member_eval_kinds if kind == "anneal" and node.rebalances else ()
+        if kinds:  # members evaluate what the decision reads of them
+            common.append(f"++eval.only_kinds=[{','.join(kinds)}]")
         start = StartPoint(stage_index=node.index, mixture=node.mixture.name, checkpoint=Checkpoint.of(stable))
         result = sweep_flow(
             kind=kind,

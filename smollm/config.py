@@ -660,6 +660,14 @@ class RebalanceConfig:
     of a task it reads changed: prompt, metric, few-shot, dataset, lighteval); the proposal
     records what was accepted. Off: such a rebalance is refused, naming the task."""
 
+    @property
+    def member_eval_kinds(self) -> tuple[str, ...]:
+        """The eval task kinds the policy reads of annealing members (empty: the whole suite):
+        `anneal_slope` on bits per byte reads the `bpb` tasks only."""
+        if self.policy == "anneal_slope" and self.anneal_slope.signal == "bpb":
+            return ("bpb",)
+        return ()
+
     def __post_init__(self) -> None:
         check(0 < self.max_change <= 1, "max_change", "must be in (0, 1]", self.max_change)
         for category, weight in self.priorities.items():

@@ -111,3 +111,10 @@ def test_without_annealing_runs_the_mixture_is_kept():
     proposal = propose(policy(), inputs(mixture=MIXTURE))
     assert proposal.weights == pytest.approx(MIXTURE)
     assert "no annealing runs" in proposal.explanation[0]
+
+
+def test_members_evaluate_only_what_the_policy_reads_of_them():
+    assert policy().member_eval_kinds == ("bpb",)  # bits per byte: the bpb tasks alone
+    assert policy(signal="accuracy").member_eval_kinds == ()  # accuracy: the whole suite
+    assert RebalanceConfig(policy="anneal_gain").member_eval_kinds == ()
+    assert RebalanceConfig(policy="rules").member_eval_kinds == ()

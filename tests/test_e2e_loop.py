@@ -60,6 +60,11 @@ def member_runs_from_mlflow(result, sweep):
 
 
 def test_each_non_final_stage_anneals_every_candidate_from_its_own_checkpoint(loop):
+    from mlflow.tracking import MlflowClient
+
+    from smollm.sweep import category_scores
+
+    client = MlflowClient(tracking_uri=loop.tracking_uri)
     for stage in loop.stages[:-1]:
         sweep = stage.sweeps["anneal"]
         assert sweep.base is not None and sweep.base.checkpoint == stage.checkpoint  # stable to its end
@@ -69,6 +74,10 @@ def test_each_non_final_stage_anneals_every_candidate_from_its_own_checkpoint(lo
         for member in sweep.members:
             assert member.summary["optimizer_state_loaded"]  # continued from the stage, not from scratch
             assert sum(member.summary["stage_tokens_per_source"].values()) == MEMBER_TOKENS
+            # members evaluate what the decision reads (bits per byte), not the accuracy tasks
+            metrics = client.get_run(member.run_id).data.metrics
+            assert set(category_scores(metrics, prefix="eval/bpb/")) == {"code", "knowledge", "math"}
+            assert not category_scores(metrics) and not [k for k in metrics if k.endswith("/acc")]
     assert "anneal" not in (loop.stages[-1].sweeps or {})
 
 

@@ -116,6 +116,18 @@ def test_offline_yaml_loads_and_covers_every_category() -> None:
     assert EvalSuite.from_dict(suite.to_dict()) == suite
 
 
+def test_only_kinds_keeps_the_tasks_of_those_kinds_and_refuses_an_empty_selection() -> None:
+    data = yaml.safe_load((REPO / "conf/eval/offline.yaml").read_text())
+    bpb = EvalSuite.from_dict({**data, "only_kinds": ["bpb"]})
+    assert [t.name for t in bpb.tasks] == ["bpb_stdlib_prose", "bpb_stdlib_code", "bpb_synthetic_math"]
+    assert EvalSuite.from_dict(bpb.to_dict()) == bpb  # the selection is recorded and idempotent
+    assert set(suite_fingerprint(bpb).tasks) == {t.name for t in bpb.tasks}  # the identity follows the tasks
+    with pytest.raises(ValueError, match=r"^only_kinds: 'accuracy' is not one of"):
+        EvalSuite.from_dict({**data, "only_kinds": ["accuracy"]})
+    with pytest.raises(ValueError, match=r"^only_kinds: selects none of the suite's tasks"):
+        EvalSuite.from_dict({"name": "s", "tasks": [mcq("a")], "only_kinds": ["bpb"]})
+
+
 # --- items -------------------------------------------------------------------------------------
 
 

@@ -217,9 +217,18 @@ class EvalSuite:
     """Torch device (`cpu`, `cuda`, `cuda:1`); lighteval's own default is cuda."""
     save_details: bool = True
     """Write lighteval's per-item details (parquet) next to the results."""
+    only_kinds: tuple[str, ...] = ()
+    """Evaluate only the tasks of these kinds (empty: every task). Annealing members whose
+    decision reads bits per byte alone evaluate `[bpb]`, not the accuracy tasks too."""
 
     def __post_init__(self) -> None:
         check(bool(self.name), "name", "must be non-empty", self.name)
+        for kind in self.only_kinds:
+            _one_of(kind, KINDS, "only_kinds")
+        if self.only_kinds:
+            kept = tuple(t for t in self.tasks if t.kind in self.only_kinds)
+            check(bool(kept), "only_kinds", "selects none of the suite's tasks", list(self.only_kinds))
+            object.__setattr__(self, "tasks", kept)
         check(len(self.tasks) >= 1, "tasks", "must list at least one task", list(self.tasks))
         seen: dict[str, int] = {}
         for index, task in enumerate(self.tasks):
