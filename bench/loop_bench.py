@@ -1,6 +1,6 @@
 """The loop benchmark: does the data-driven loop decide as well as a team would? (issue 18)
 
-    make loop-bench                                     # bench/loop_results.md + .png (~75 min on 2 cores)
+    make loop-bench                                     # bench/loop_results.md + .png
     .venv/bin/python bench/loop_bench.py --quick --out DIR    # the mechanics on tiny budgets
 
 What it measures is declared in `bench/loop_bench.yaml`, committed before any policy was tuned
@@ -17,10 +17,12 @@ differ:
 - hindsight: the best of a grid of fixed mixtures for the later stages (one seed each), then
   re-run with every seed.
 
-Stage 1 is one step per seed, shared by every arm through the cache (one work dir). Each run is
-a subprocess (`--one`) running the pipeline flow, reporting to one temporary Prefect server;
-its final evaluation, mixtures and sweep tokens come back as JSON. Runs go two at a time with
-one torch thread each (2 cores).
+Stage 1 is one step per seed, shared by every arm through the cache (one work dir): the data is
+built first, in this process; the static run of each seed trains its stage 1, and the other
+arms' runs at that seed wait for it. Each run is a subprocess (`--one`) running the pipeline
+flow, reporting to one temporary Prefect server; its final evaluation, mixtures and sweep
+tokens come back as JSON. Runs go two at a time with one torch thread each (2 cores), from one
+queue, so neither core waits on the other until the last run.
 """
 
 from __future__ import annotations
@@ -222,10 +224,24 @@ def prefect_api_url() -> str:
 
 
 def launch(runs: list[Run], workdir: Path, logs: Path, parallel: int) -> None:
-    """Run `runs` (`parallel` at a time), each in its own process; fill in their results."""
+    """Run `runs` (`parallel` at a time, in their order), each in its own process; fill in their
+    results. A run of another arm waits for the static run of its seed, which trains the stage 1
+    that every arm at that seed shares (two runs would otherwise train it side by side)."""
+    import threading
+
     url = prefect_api_url()  # read here: Prefect's settings context does not reach the threads
+    static = {run.seed: threading.Event() for run in runs if run.arm == "static"}
 
     def one(run: Run) -> None:
+        if run.arm != "static" and run.seed in static:
+            static[run.seed].wait()
+        try:
+            start(run)
+        finally:
+            if run.arm == "static":
+                static[run.seed].set()
+
+    def start(run: Run) -> None:
         out = logs / f"{run.arm}-seed{run.seed}.json"
         log = logs / f"{run.arm}-seed{run.seed}.log"
         env = {**os.environ, "SMOLLM_WORKDIR": str(workdir), "PREFECT_API_URL": url}
@@ -260,10 +276,10 @@ def benchmark(out: Path, quick: bool, parallel: int) -> dict[str, Any]:
     def arm(name: str, extra: list[str], arm_seeds: list[int]) -> list[Run]:
         return [Run(name, s, [*common, f"train.seed={s}", *extra]) for s in arm_seeds]
 
-    # stage 1 (and the data) once per seed, through the static arm; every other arm reuses it
+    for name in names:  # the tokenizer and the sources, built here once, before the runs share them
+        available_tokens(cfg, name)
+    # stage 1 once per seed, by the static arm's run; every other arm's run at that seed reuses it
     runs["static"] = arm("static", fixed_mixture(cfg, first), seeds)
-    launch(runs["static"][:1], workdir, logs, 1)
-    launch(runs["static"][1:], workdir, logs, parallel)
     uniform = feasible(cfg, {n: 1 / len(names) for n in names})
     assert uniform is not None, "uniform: no mixture near equal weights fits the epoch caps"
     write_mixture(workdir, "bench_uniform", uniform, "equal weights, held to the epoch caps")
@@ -285,7 +301,8 @@ def benchmark(out: Path, quick: bool, parallel: int) -> dict[str, Any]:
         Run(f"grid:{name}", seeds[0], [*common, f"train.seed={seeds[0]}", *fixed_mixture(cfg, name)])
         for name, _ in points
     ]
-    launch([*runs["uniform"], *runs["hand_rules"], *runs["loop"], *grid_runs], workdir, logs, parallel)
+    others = sorted([*runs["uniform"], *runs["hand_rules"], *runs["loop"], *grid_runs], key=lambda r: r.seed)
+    launch([*runs["static"], *others], workdir, logs, parallel)  # one queue: both cores busy to its end
     priorities = declared["objective"]["priorities"]
     best = min(grid_runs, key=lambda r: objective(r.result, priorities))
     winner = best.arm.split(":", 1)[1]
