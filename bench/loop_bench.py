@@ -43,27 +43,11 @@ import yaml
 from common import ROOT
 from loop_report import objective, write_report
 
+from tests.tiny import SHAPE
+
 SPEC = ROOT / "bench" / "loop_bench.yaml"
 QUICK = [  # the mechanics only: the tests' tiny model and sources, a few steps per stage
-    "tokenizer.vocab_size=512",
-    "tokenizer.train_bytes_per_source=300000",
-    "model.vocab_size=512",
-    "model.hidden_size=64",
-    "model.num_layers=2",
-    "model.num_heads=4",
-    "model.num_kv_heads=2",
-    "model.intermediate_size=128",
-    "model.max_seq_len=512",
-    "data.sources.stdlib_code.num_docs=60",
-    "data.sources.stdlib_code.heldout_docs=10",
-    "data.sources.synthetic_math.heldout_docs=100",
-    "data.sources.stdlib_prose.heldout_docs=20",
-    "data.sources.noisy_web.num_docs=400",
-    "data.sources.noisy_web.heldout_docs=20",
-    "train.seq_len=64",
-    "train.micro_batch_size=8",
-    "train.schedule.warmup_steps=5",
-    "train.checkpoint_every_steps=0",
+    *SHAPE,
     "pipeline.stages.0.train_tokens=40960",
     "pipeline.stages.1.train_tokens=20480",
     "pipeline.stages.2.train_tokens=12288",

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.tiny import SHAPE
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,26 +20,7 @@ def tiny_overrides(workdir) -> list[str]:
     """Shrink the embedded default: small sources, a 2-layer model, short stages."""
     return [
         f"workdir={workdir}",
-        "tokenizer.vocab_size=512",
-        "tokenizer.train_bytes_per_source=300000",
-        "model.vocab_size=512",
-        "model.hidden_size=64",
-        "model.num_layers=2",
-        "model.num_heads=4",
-        "model.num_kv_heads=2",
-        "model.intermediate_size=128",
-        "model.max_seq_len=512",
-        "data.sources.stdlib_code.num_docs=60",
-        "data.sources.stdlib_code.heldout_docs=10",
-        "data.sources.synthetic_math.num_docs=4000",
-        "data.sources.synthetic_math.heldout_docs=100",
-        "data.sources.stdlib_prose.heldout_docs=20",
-        "data.sources.noisy_web.num_docs=400",
-        "data.sources.noisy_web.heldout_docs=20",
-        "train.seq_len=64",
-        "train.micro_batch_size=8",
-        "train.schedule.warmup_steps=5",
-        "train.checkpoint_every_steps=0",
+        *SHAPE,
         "train.progress=false",
         "pipeline.stages.0.train_tokens=409600",
         "pipeline.stages.1.train_tokens=204800",
