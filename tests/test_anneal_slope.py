@@ -50,6 +50,9 @@ def test_weight_moves_from_the_source_whose_annealing_hurt_to_the_one_whose_help
     assert rows["prose"]["centred_slope"] > rows["code"]["centred_slope"] > rows["math"]["centred_slope"]
     assert all(r["significant"] for r in rows.values())
     assert any("control objective" in line and "over 2 seeds" in line for line in proposal.explanation)
+    # the moves did not sum to 0 and no bound was hit: the projection says so, naming no bound
+    shared = [line for line in proposal.explanation if line.startswith("constraint:")]
+    assert shared and all(line.endswith("(the targets summed to 0.8490, not 1)") for line in shared)
 
 
 def test_centring_removes_the_curvature_every_member_shares():

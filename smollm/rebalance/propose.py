@@ -18,7 +18,7 @@ from typing import Any
 from smollm.config import RebalanceConfig
 from smollm.rebalance.anneal_gain import apply_anneal_gain
 from smollm.rebalance.anneal_slope import apply_anneal_slope, slope_evidence
-from smollm.rebalance.constraints import project, source_bounds
+from smollm.rebalance.constraints import Bounds, project, source_bounds
 from smollm.rebalance.drift import check_inputs
 from smollm.rebalance.inputs import RebalanceInputs
 from smollm.rebalance.regression import apply_regression
@@ -72,6 +72,11 @@ def fill(current: Mapping[str, float], targets: Mapping[str, float]) -> dict[str
     return weights
 
 
+def at_bound(after: float, wanted: float, bounds: Bounds) -> bool:
+    """Whether the projection held a source at its own bound (the one on the side it was moved)."""
+    return abs(after - (bounds.high if after < wanted else bounds.low)) <= 1e-6
+
+
 def propose(config: RebalanceConfig, inputs: RebalanceInputs) -> Proposal:
     """The next mixture under `config.policy`, within every constraint (or `Infeasible`); a
     comparison across drifted evaluations is refused (`drift.EvalDrift`) unless accepted."""
@@ -98,13 +103,15 @@ def propose(config: RebalanceConfig, inputs: RebalanceInputs) -> Proposal:
     names = sorted(n for n in wanted if wanted[n] > 0 or n in current)
     bounds = bounds_for(names)
     weights = project(wanted, bounds, keep=targets)
-    for name in names:
+    moved = [n for n in names if abs(weights.get(n, 0.0) - wanted[n]) > 1e-4]
+    clipped = any(at_bound(weights.get(n, 0.0), wanted[n], bounds[n]) for n in moved)
+    for name in moved:
         after = weights.get(name, 0.0)
-        if abs(after - wanted[name]) > 1e-4:
-            b = bounds[name]
-            bound, why = (b.high, b.why_high) if after < wanted[name] else (b.low, b.why_low)
-            if abs(after - bound) > 1e-6:  # not at its own bound: moved to meet the others'
-                why = "within the other sources' bounds"
-            explanation.append(f"constraint: {name} {wanted[name]:.4f} -> {after:.4f} ({why})")
+        b = bounds[name]
+        why = b.why_high if after < wanted[name] else b.why_low
+        if not at_bound(after, wanted[name], b):  # moved to meet the others' bounds, or the sum
+            total = sum(wanted.values())
+            why = "within the other sources' bounds" if clipped else f"the targets summed to {total:.4f}, not 1"
+        explanation.append(f"constraint: {name} {wanted[name]:.4f} -> {after:.4f} ({why})")
     reasons = [*accepted, *explanation]
     return Proposal(weights, dict(current), config.policy, reasons, eval_drift=accepted, evidence=evidence)
