@@ -111,10 +111,13 @@ def measured_slopes(config: RebalanceConfig, inputs: RebalanceInputs) -> tuple[l
     return slopes, controls
 
 
-def apply_anneal_slope(config: RebalanceConfig, inputs: RebalanceInputs) -> tuple[dict[str, float], list[str]]:
+def apply_anneal_slope(
+    config: RebalanceConfig, inputs: RebalanceInputs
+) -> tuple[dict[str, float], list[str], list[dict[str, Any]]]:
+    """The targets, the reasons, and the evidence (`slope_evidence`) they were decided on."""
     slopes, controls = measured_slopes(config, inputs)
     if not slopes:
-        return {}, ["anneal_slope: no annealing runs with a control were recorded for this stage; no change"]
+        return {}, ["anneal_slope: no annealing runs with a control were recorded for this stage; no change"], []
     settings, sigmas = config.anneal_slope, config.noise_sigmas
     unit = "bpb" if settings.signal == "bpb" else "accuracy"
     control = -controls.mean if unit == "bpb" else controls.mean
@@ -146,13 +149,11 @@ def apply_anneal_slope(config: RebalanceConfig, inputs: RebalanceInputs) -> tupl
             f"anneal_slope: {s.label} (share {s.share:g}) gains {s.gain.text()} ({unit} objective); slope "
             f"{s.slope:+.4f}, centred {s.centred:+.4f} ({noise}): {action}"
         )
-    return targets, explanation
+    return targets, explanation, slope_evidence(slopes, sigmas)
 
 
-def slope_evidence(config: RebalanceConfig, inputs: RebalanceInputs) -> list[dict[str, Any]]:
+def slope_evidence(slopes: list[Slope], sigmas: float) -> list[dict[str, Any]]:
     """One row per candidate: what the sweep measured, for the table next to the move it caused."""
-    slopes, _ = measured_slopes(config, inputs)
-    sigmas = config.noise_sigmas
     return [
         {
             "candidate": s.label,

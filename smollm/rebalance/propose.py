@@ -17,7 +17,7 @@ from typing import Any
 
 from smollm.config import RebalanceConfig
 from smollm.rebalance.anneal_gain import apply_anneal_gain
-from smollm.rebalance.anneal_slope import apply_anneal_slope, slope_evidence
+from smollm.rebalance.anneal_slope import apply_anneal_slope
 from smollm.rebalance.constraints import Bounds, project, source_bounds
 from smollm.rebalance.drift import check_inputs
 from smollm.rebalance.inputs import RebalanceInputs
@@ -95,8 +95,7 @@ def propose(config: RebalanceConfig, inputs: RebalanceInputs) -> Proposal:
     elif config.policy == "anneal_gain":
         targets, explanation = apply_anneal_gain(config, inputs)
     elif config.policy == "anneal_slope":
-        targets, explanation = apply_anneal_slope(config, inputs)
-        evidence = slope_evidence(config, inputs)
+        targets, explanation, evidence = apply_anneal_slope(config, inputs)
     else:
         targets, explanation = apply_regression(config, inputs, bounds_for)
     wanted = fill(current, targets)
