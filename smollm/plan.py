@@ -185,8 +185,11 @@ class Planner:
         tokens = optimizer_steps * train.tokens_per_step
         self.drawn.append(_Drawn(consumed, weights, train.tokens_per_step, tokens, train.seq_len))
         drawn = stage_tokens(weights, tokens // train.seq_len, train.seq_len)
+        estimate = node.mixture.how == "pending"
         uses = [
-            self._use(cfg, stage.name, name, w, drawn[name], consumed, node.steps.sources[name].output_dir(root))
+            self._use(
+                cfg, stage.name, name, w, drawn[name], consumed, node.steps.sources[name].output_dir(root), estimate
+            )
             for name, w in weights.items()
         ]
         domains: dict[str, float] = {}
@@ -247,8 +250,19 @@ class Planner:
         return _add(origin, start.at_tokens // origin.tokens_per_step * origin.tokens_per_step)
 
     def _use(
-        self, cfg: RunConfig, stage: str, name: str, weight: float, drawn: int, before: dict, built: Path
+        self,
+        cfg: RunConfig,
+        stage: str,
+        name: str,
+        weight: float,
+        drawn: int,
+        before: dict,
+        built: Path,
+        estimate: bool = False,
     ) -> SourceUse:
+        """How stage `stage` uses source `name`. Past its cap on a declared (or written) mixture is
+        an error; on an `estimate` (a mixture a rebalance has yet to write) it is a warning: that
+        rebalance holds the source to its epoch cap, leaving the later stages room to come down."""
         source = cfg.data.sources[name]
         cumulative = before.get(name, 0) + drawn
         available = known_available_tokens(source, built)
@@ -257,13 +271,15 @@ class Planner:
             status = "unknown"
         elif epochs > source.max_epochs:
             status = "over"
-            self._report(
-                self.errors,
-                name,
-                status,
+            message = (
                 f"data.sources.{name}: {epochs:.2f} epochs by the end of {stage} "
-                f"exceeds its max_epochs={source.max_epochs:g} ({cumulative:,} of {available:,} tokens)",
+                f"exceeds its max_epochs={source.max_epochs:g} ({cumulative:,} of {available:,} tokens)"
             )
+            if not estimate:
+                self._report(self.errors, name, status, message)
+            else:
+                why = f"on an estimate of its mixture: the rebalance before {stage} has not run, and its epoch cap holds the source"
+                self._report(self.warnings, name, status, f"{message}, {why}")
         elif epochs > cfg.plan.warn_epochs:
             status = "warn"
             self._report(

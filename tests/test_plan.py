@@ -117,6 +117,30 @@ def test_the_demo_plan_matches_the_steps_the_run_would_take(built):
     assert all(u.status in ("ok", "warn") for s in plan.stages for u in s.sources) and not plan.errors
 
 
+def test_past_a_cap_on_an_estimated_mixture_is_a_warning_and_on_a_declared_one_an_error(built):
+    """A stage whose mixture a rebalance has yet to write is planned on the previous stage's: if
+    that would carry a source past its cap, the rebalance's epoch cap will hold it there (the
+    loop bench's hand_rules arm was refused at stage 2 on its estimate of stage 3). Declared, it
+    is refused before any compute."""
+    cfg, _, _ = built
+    overrides = [f"workdir={cfg.workdir}", *_tiny(cfg)]
+    plan = make_plan(overrides)
+    epochs = [{u.name: u.epochs for u in s.sources}["synthetic_math"] for s in plan.stages]
+    cap = f"data.sources.synthetic_math.max_epochs={(epochs[0] + epochs[1]) / 2:.4f}"  # crossed in stage 2
+
+    estimated = make_plan([*overrides, cap])
+    assert plan.stages[1].mixture_note.startswith("estimate") and not estimated.errors
+    assert {u.name: u.status for u in estimated.stages[1].sources}["synthetic_math"] == "over"
+    (warning,) = [w for w in estimated.warnings if "synthetic_math" in w]
+    assert "by the end of stage2" in warning and "the rebalance before stage2 has not run" in warning
+
+    declared = make_plan([*overrides, cap, "pipeline.stages.1.mixture=demo_stage1"])
+    (error,) = declared.errors
+    assert error.startswith("data.sources.synthetic_math: ") and "by the end of stage2 exceeds its max_epochs" in error
+    with pytest.raises(ConfigError, match=r"^data\.sources\.synthetic_math: .* exceeds its max_epochs"):
+        preflight([*overrides, cap, "pipeline.stages.1.mixture=demo_stage1"])
+
+
 def _tiny(cfg) -> list[str]:
     from tests.conftest import tiny_overrides
 
