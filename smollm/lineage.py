@@ -164,13 +164,16 @@ class Lineage:
 
     def decide(self, index: int, mixture: str) -> StageNode:
         """Stage `index` trains on `mixture`, decided by this run (the previous stage's rebalance,
-        approved or edited): unless the walk already had it, that stage and the ones after it
-        are composed again."""
+        approved or edited): unless the walk already had it with the same weights, that stage and
+        the ones after it are composed again. (A walk reads the file an earlier run's rebalance
+        wrote under the same name; this run's rebalance may have rewritten it: other code, other
+        caps or evaluations give another decision from the same trained model.)"""
         if index > len(self.nodes):
             raise ValueError(f"stage_index: {index} comes after stage {len(self.nodes)}, which is not walked yet")
         node = self.nodes[index] if index < len(self.nodes) else None
         if node is not None and node.mixture.name == mixture and node.mixture.how != "pending":
-            return node
+            if self._compose(index, mixture).mixture.weights == node.cfg.mixture.weights:
+                return node
         del self.nodes[index:]
         return self.extend(mixture)
 

@@ -80,6 +80,30 @@ def test_a_stage_uses_its_declared_mixture_else_the_previous_rebalance(tmp_path)
     assert decided.start.parent == 0 and decided.steps.train.upstream[-1] == first.steps.train.identity
 
 
+def test_a_stage_trains_on_what_this_run_decided_when_it_rewrote_an_earlier_runs_file(tmp_path):
+    """The walk (the pipeline's preflight) reads the file an earlier run's rebalance wrote; this
+    run's rebalance rewrites it under the same name (other code or caps: another decision from
+    the same model). The stage must train on the rewritten weights, not on the walk's: the loop
+    bench's hand_rules arm trained stage 2 on the earlier run's 0.2186 of synthetic_math (a cache
+    hit of that run's training) after its rebalance had decided 0.2112."""
+    from flows.compose import compose_lineage, generated_dir
+
+    lineage = compose_lineage([f"workdir={tmp_path}"])
+    first = lineage.walk(0)[0]
+    name = first.next_mixture()
+    written = generated_dir(tmp_path) / "mixture" / f"{name}.yaml"
+    written.parent.mkdir(parents=True)
+    written.write_text(f"name: {name}\nweights: {{stdlib_prose: 0.5, synthetic_math: 0.5}}\n")
+    walked = lineage.walk(2)[1]
+    assert walked.mixture.how == "written" and walked.cfg.mixture.weights["synthetic_math"] == 0.5
+    written.write_text(f"name: {name}\nweights: {{stdlib_prose: 0.75, synthetic_math: 0.25}}\n")  # this run's decision
+    decided = lineage.decide(1, name)
+    assert decided.cfg.mixture.weights == {"stdlib_prose": 0.75, "synthetic_math": 0.25}
+    assert decided.steps.train.identity != walked.steps.train.identity
+    assert lineage.nodes[1] is decided and len(lineage.nodes) == 2  # the stages after it are composed again
+    assert lineage.decide(1, name) is decided  # the same weights: the same node
+
+
 def test_a_tracked_run_ends_finished_failed_or_killed_with_its_block():
     from flows.compose import compose
     from smollm.runs import tracked_run
