@@ -39,9 +39,10 @@ format: install
 test-deps:
 	scripts/install-test-deps.sh
 
-# --durations: the slowest tests in every log, against the 30-minute budget of the whole suite
+# Two workers (pytest-xdist), a test file each, one torch thread per test (tests/conftest.py): the
+# 2-core machine runs two tests at once. --durations: the slowest tests, against the 30-minute budget.
 test: install lint test-deps
-	$(PY) -m pytest -m "not gpu" -q --durations=30
+	$(PY) -m pytest -m "not gpu" -q -n 2 --dist loadfile --durations=30
 
 # Prefect server + MLflow server + the deployments' executor, on loopback, in the background.
 serve: install
@@ -55,7 +56,8 @@ bench: install
 	$(PY) bench/run_all.py
 
 # The loop's decisions against static, uniform, hand-written and hindsight mixtures, 3 seeds each
-# (bench/loop_bench.yaml) -> bench/loop_results.md + .png; about 75 minutes on 2 cores (25 grid points).
+# (bench/loop_bench.yaml) -> bench/loop_results.md + .png; about 2 hours on 2 cores from scratch (48 runs of
+# the demo's main run, 34 of them the hindsight grid); a re-run reuses every finished run through the cache.
 loop-bench: install
 	$(PY) bench/loop_bench.py
 
