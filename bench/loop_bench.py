@@ -83,9 +83,8 @@ def run_one(overrides: list[str], out: Path) -> None:
     stages = []
     for stage in result.stages:
         sweeps = stage.sweeps or {}
-        proxy = sum(
-            sum(m.stage_tokens_per_source.values()) for sweep in sweeps.values() for m in sweep.members if m.trained
-        )
+        # what the decision cost, whether its members trained in this run or came from the cache
+        proxy = sum(sum(m.stage_tokens_per_source.values()) for sweep in sweeps.values() for m in sweep.members)
         stages.append(
             {
                 "stage": stage.stage,

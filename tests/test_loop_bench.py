@@ -6,6 +6,7 @@ full table is `make loop-bench`'s."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -78,3 +79,19 @@ def test_only_the_loop_pays_for_proxies_and_reuses_stage_one(bench):
     # one stage-1 training for the seed, however many arms and grid points ran on it
     stage1 = [p for p in (out / "work" / "train").iterdir() if p.name.startswith("demo-stage1-")]
     assert len(stage1) == 1
+
+
+def test_a_loop_run_from_the_cache_counts_the_proxies_its_decisions_read(bench, tmp_path):
+    """Run the loop arm again on the same work dir: every step is a cache hit, and its proxy
+    tokens are still the 20 members' (the re-run of the full benchmark had counted only the
+    members trained in that process: 4.1% for 24.6%)."""
+    out, measured = bench
+    record = measured["runs"]["loop"][0]
+    again = tmp_path / "loop-again.json"
+    env = {**os.environ, "SMOLLM_WORKDIR": str(out / "work")}
+    command = [sys.executable, str(ROOT / "bench" / "loop_bench.py"), "--one", str(again), "--", *record["overrides"]]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    stages = json.loads(again.read_text())["stages"]
+    assert [s["proxy_tokens"] for s in stages] == [s["proxy_tokens"] for s in record["result"]["stages"]]
+    assert sum(s["proxy_tokens"] for s in stages) == 20 * 2048
