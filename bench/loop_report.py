@@ -117,7 +117,7 @@ def markdown(measured: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
         "",
         f"Declared in `bench/loop_bench.yaml` before any policy tuning. Objective: {declared['objective']['metric']} "
         f"per category, priorities {declared['objective']['priorities']}, {declared['objective']['direction']}. "
-        f"Seeds {measured['seeds']}. Wall time {measured['seconds'] / 60:.1f} min.",
+        f"Seeds {measured['seeds']}. " + measured.get("wall_text", f"Wall time {measured['seconds'] / 60:.1f} min."),
         "",
         *([f"**Interrupted**: {measured['interrupted']}", ""] if measured.get("interrupted") else []),
         "| arm | objective (mean ± std) | seeds | "

@@ -95,3 +95,19 @@ def test_a_loop_run_from_the_cache_counts_the_proxies_its_decisions_read(bench, 
     stages = json.loads(again.read_text())["stages"]
     assert [s["proxy_tokens"] for s in stages] == [s["proxy_tokens"] for s in record["result"]["stages"]]
     assert sum(s["proxy_tokens"] for s in stages) == 20 * 2048
+
+
+def test_the_report_of_finished_runs_reads_the_same_table_and_says_what_it_is(bench, tmp_path):
+    out, _ = bench
+    command = [sys.executable, str(ROOT / "bench" / "loop_bench.py"), "--quick", "--report-only", "--out", str(out)]
+    done = subprocess.run([*command, "--results", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (tmp_path / "loop_results.md").read_text()
+    assert "A report of the finished runs" in table and "**Interrupted**" not in table  # every run finished
+
+    def objectives(text: str) -> dict[str, str]:  # arm -> "mean ± std"
+        cells = [line.split(" | ")[:2] for line in text.splitlines() if line.startswith("| ") and " ± " in line]
+        return {arm.removeprefix("| "): value for arm, value in cells}
+
+    assert objectives(table) == objectives((out / "loop_results.md").read_text())
+    assert set(objectives(table)) == {"static", "uniform", "hand_rules", "loop", "hindsight"}
