@@ -340,7 +340,8 @@ def measured_from(out: Path, quick: bool) -> dict[str, Any]:
     ]
     if best is not None and "hindsight" not in runs:
         runs["hindsight"] = [grid_runs[best["mixture"]]]
-        notes.append("the grid's winner was not re-run at every seed: hindsight is the best point so far, one seed")
+        if len(seeds) > 1:  # the grid ran at the first seed; the winner is re-run at the others
+            notes.append("the grid's winner was not re-run at every seed: hindsight is the best point so far, one seed")
     elif best is not None:
         runs["hindsight"] = [grid_runs[best["mixture"]], *runs["hindsight"]]
     files = sorted((out / "runs").glob("*"), key=lambda p: p.stat().st_mtime)

@@ -106,7 +106,8 @@ def test_the_report_of_finished_runs_reads_the_same_table_and_says_what_it_is(be
     assert "A report of the finished runs" in table and "**Interrupted**" not in table  # every run finished
 
     def objectives(text: str) -> dict[str, str]:  # arm -> "mean ± std"
-        cells = [line.split(" | ")[:2] for line in text.splitlines() if line.startswith("| ") and " ± " in line]
+        rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| arm |")]
+        cells = [line.split(" | ")[:2] for line in rows if " ± " in line]
         return {arm.removeprefix("| "): value for arm, value in cells}
 
     assert objectives(table) == objectives((out / "loop_results.md").read_text())
