@@ -345,6 +345,7 @@ def measured_from(out: Path, quick: bool) -> dict[str, Any]:
     elif best is not None:
         runs["hindsight"] = [grid_runs[best["mixture"]], *runs["hindsight"]]
     files = sorted((out / "runs").glob("*"), key=lambda p: p.stat().st_mtime)
+    span = round(files[-1].stat().st_mtime - files[0].stat().st_mtime, 1) if files else 0.0
     return {
         "declared": declared,
         "quick": quick,
@@ -352,7 +353,7 @@ def measured_from(out: Path, quick: bool) -> dict[str, Any]:
         "runs": runs,
         "grid": grid,
         "hindsight_winner": {"mixture": best["mixture"], "weights": best["weights"]} if best else {},
-        "seconds": (span := round(files[-1].stat().st_mtime - files[0].stat().st_mtime, 1) if files else 0.0),
+        "seconds": span,
         "wall_text": f"A report of the finished runs in {out}: their files span {span / 60:.1f} min "
         "(not one benchmark's wall time; a run reused through the cache shows the seconds it took to read it).",
         "interrupted": "; ".join(notes),

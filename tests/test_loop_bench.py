@@ -89,9 +89,13 @@ def test_a_loop_run_from_the_cache_counts_the_proxies_its_decisions_read(bench, 
     record = measured["runs"]["loop"][0]
     again = tmp_path / "loop-again.json"
     env = {**os.environ, "SMOLLM_WORKDIR": str(out / "work")}
+    trained = [d for d in (out / "work" / "train").iterdir() if d.name.startswith("demo-anneal-")]
+    members = {p: p.stat().st_mtime_ns for d in trained for p in d.rglob("*") if p.is_file()}
     command = [sys.executable, str(ROOT / "bench" / "loop_bench.py"), "--one", str(again), "--", *record["overrides"]]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # no member trained again: they were read from the cache (a re-trained member would count on the old code too)
+    assert members and {p: p.stat().st_mtime_ns for p in members} == members
     stages = json.loads(again.read_text())["stages"]
     assert [s["proxy_tokens"] for s in stages] == [s["proxy_tokens"] for s in record["result"]["stages"]]
     assert sum(s["proxy_tokens"] for s in stages) == 20 * 2048

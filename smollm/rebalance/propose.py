@@ -104,12 +104,12 @@ def propose(config: RebalanceConfig, inputs: RebalanceInputs) -> Proposal:
     weights = project(wanted, bounds, keep=targets)
     moved = [n for n in names if abs(weights.get(n, 0.0) - wanted[n]) > 1e-4]
     clipped = any(at_bound(weights.get(n, 0.0), wanted[n], bounds[n]) for n in moved)
+    total = sum(wanted.values())
     for name in moved:
         after = weights.get(name, 0.0)
         b = bounds[name]
         why = b.why_high if after < wanted[name] else b.why_low
         if not at_bound(after, wanted[name], b):  # moved to meet the others' bounds, or the sum
-            total = sum(wanted.values())
             why = "within the other sources' bounds" if clipped else f"the targets summed to {total:.4f}, not 1"
         explanation.append(f"constraint: {name} {wanted[name]:.4f} -> {after:.4f} ({why})")
     reasons = [*accepted, *explanation]
